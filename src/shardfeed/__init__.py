@@ -1,0 +1,61 @@
+"""shardfeed: pack per-sample .npy files into sharded HDF5 / Zarr v3 stores and stream them into Keras.
+
+Importing shardfeed imports neither Keras nor TensorFlow: `DataGenerator` and `as_tf_dataset`
+load them on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .convert import convert
+from .errors import (
+    ChecksumError,
+    InputError,
+    OptionError,
+    ShardfeedError,
+    StoreExistsError,
+    StoreFormatError,
+    StoreLockedError,
+    StoreNotFinalizedError,
+    UnknownIDError,
+    UnknownSplitError,
+    WorkerDiedError,
+)
+from .integrity import verify_store
+from .sampling import epoch_order
+from .store import Store, open_store
+
+_LAZY = {"DataGenerator": ".generator", "as_tf_dataset": ".tfdata", "ResumeCallback": ".generator"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'shardfeed' has no attribute {name!r}")
+
+
+__all__ = [
+    "ChecksumError",
+    "DataGenerator",
+    "InputError",
+    "OptionError",
+    "ResumeCallback",
+    "ShardfeedError",
+    "Store",
+    "StoreExistsError",
+    "StoreFormatError",
+    "StoreLockedError",
+    "StoreNotFinalizedError",
+    "UnknownIDError",
+    "UnknownSplitError",
+    "WorkerDiedError",
+    "__version__",
+    "as_tf_dataset",
+    "convert",
+    "epoch_order",
+    "open_store",
+    "verify_store",
+]

@@ -1,0 +1,169 @@
+"""HDF5 backend: one file per shard (`shards/shard-00000.h5`), dataset `x` chunked along axis 0.
+
+Each shard is written under a `.partial` name, fsynced and renamed: HDF5 files do not
+survive a crash mid-write (RELIABILITY.md), so an unfinished shard never has its final name.
+Files are opened without HDF5's own locking, which fails on NFS/Lustre; our lock file guards
+conversions instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import StoreFormatError
+from ..manifest import Manifest, ShardInfo, fsync_dir
+from .base import Backend, Layout, ShardReader, ShardWriter, copy_rows_from_chunks
+from .rawchunks import RawChunkReader, zlib_decoder
+
+DATASET = "x"
+GZIP_LEVEL = 4
+
+
+class HDF5Backend(Backend):
+    name = "hdf5"
+
+    def shard_path(self, layout: Layout, shard: int) -> str:
+        # docstring inherited
+        return f"shards/shard-{shard:05d}.h5"
+
+    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
+        # docstring inherited
+        return HDF5ShardWriter(root / self.shard_path(layout, shard), layout, shard)
+
+    def open_reader(self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
+        # docstring inherited
+        path = root / shard.path
+        with h5py.File(path, "r", locking=False) as f:
+            dset = _checked_dataset(f, path, manifest, shard)
+            chunk_rows = dset.chunks[0]  # a shard smaller than chunk_rows has one smaller chunk
+            if fast:
+                offsets, sizes = _chunk_ranges(dset)
+        if not fast:
+            return HDF5LibraryReader(path, chunk_rows)
+        decode = zlib_decoder(15) if manifest.compression == "gzip" else None
+        return RawChunkReader(
+            path, offsets, sizes, chunk_rows, manifest.sample_shape, manifest.np_dtype, decode
+        )
+
+
+class HDF5ShardWriter(ShardWriter):
+    def __init__(self, final_path: Path, layout: Layout, shard: int) -> None:
+        first = shard * layout.shard_rows
+        rows = min(layout.shard_rows, layout.num_samples - first)
+        self._final = final_path
+        self._tmp = final_path.with_name(final_path.name + ".partial")
+        self._tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self._tmp, "w", locking=False, libver=("earliest", "v110"))
+        options = {}
+        dcpl = None
+        if layout.compression == "gzip":
+            options = {"compression": "gzip", "compression_opts": GZIP_LEVEL}
+        else:
+            # Allocate every chunk at creation, back to back: the fast reader then sees the whole
+            # shard as one array, and the file's bytes do not depend on write order.
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        self._dset = self._file.create_dataset(
+            DATASET,
+            shape=(rows, *layout.sample_shape),
+            dtype=layout.dtype,
+            chunks=(min(layout.chunk_rows, rows), *layout.sample_shape),
+            track_times=False,
+            dcpl=dcpl,
+            **options,
+        )
+        self._next = 0
+
+    def write(self, block: np.ndarray) -> None:
+        # docstring inherited
+        self._dset[self._next : self._next + len(block)] = block
+        self._next += len(block)
+
+    def close(self) -> int:
+        # docstring inherited
+        if self._next != self._dset.shape[0]:
+            raise RuntimeError(f"{self._tmp}: {self._next} of {self._dset.shape[0]} rows written")
+        self._file.close()
+        fd = os.open(self._tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self._tmp, self._final)
+        fsync_dir(self._final.parent)
+        return self._final.stat().st_size
+
+    def abort(self) -> None:
+        # docstring inherited
+        try:
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+class HDF5LibraryReader(ShardReader):
+    """Reference path: whole chunks through h5py's `read_direct`, never fancy indexing."""
+
+    def __init__(self, path: Path, chunk_rows: int) -> None:
+        self._file = h5py.File(path, "r", locking=False)
+        self._dset = self._file[DATASET]
+        self._chunk_rows = chunk_rows
+
+    def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+        # docstring inherited
+        copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions)
+
+    def _read_chunk(self, chunk: int) -> np.ndarray:
+        start = chunk * self._chunk_rows
+        stop = min(start + self._chunk_rows, self._dset.shape[0])
+        buf = np.empty((stop - start, *self._dset.shape[1:]), dtype=self._dset.dtype)
+        self._dset.read_direct(buf, np.s_[start:stop])
+        return buf
+
+    def close(self) -> None:
+        # docstring inherited
+        self._file.close()
+
+
+def _checked_dataset(f: h5py.File, path: Path, manifest: Manifest, shard: ShardInfo) -> h5py.Dataset:
+    """Refuse a shard whose dataset differs from the manifest, or that points outside the file."""
+    dset = f.get(DATASET, getlink=False)
+    if not isinstance(dset, h5py.Dataset):
+        raise StoreFormatError(f"{path}: no dataset {DATASET!r}")
+    link = f.get(DATASET, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise StoreFormatError(f"{path}: {DATASET!r} is an external or soft link, refused")
+    expected_shape = (shard.num_rows, *manifest.sample_shape)
+    problems = []
+    if dset.shape != expected_shape:
+        problems.append(f"shape {dset.shape}, expected {expected_shape}")
+    if dset.dtype != manifest.np_dtype:
+        problems.append(f"dtype {dset.dtype.str}, expected {manifest.dtype}")
+    if dset.is_virtual or dset.external:
+        problems.append("virtual or external storage")
+    if dset.chunks is None or dset.chunks[0] != min(manifest.chunk_rows, shard.num_rows):
+        problems.append(f"chunks {dset.chunks}, expected {manifest.chunk_rows} rows")
+    if (dset.compression or "none") != manifest.compression:
+        problems.append(f"compression {dset.compression}, expected {manifest.compression}")
+    if problems:
+        raise StoreFormatError(f"{path}: dataset does not match the manifest: " + "; ".join(problems))
+    return dset
+
+
+def _chunk_ranges(dset: h5py.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offset and size of each chunk, in row order, from the HDF5 chunk index."""
+    num_chunks = -(-dset.shape[0] // dset.chunks[0])
+    offsets = np.full(num_chunks, -1, dtype=np.int64)
+    sizes = np.full(num_chunks, -1, dtype=np.int64)
+    for i in range(dset.id.get_num_chunks()):
+        info = dset.id.get_chunk_info(i)
+        chunk = info.chunk_offset[0] // dset.chunks[0]
+        if info.filter_mask != 0 or not 0 <= chunk < num_chunks:
+            raise StoreFormatError(f"{dset.file.filename}: unexpected chunk {info.chunk_offset}")
+        offsets[chunk], sizes[chunk] = info.byte_offset, info.size
+    return offsets, sizes

@@ -1,0 +1,178 @@
+"""The `shardfeed` command: a thin shell over the library. The only module that prints or exits.
+
+Exit codes: 0 success, 1 an error shardfeed reports (one line, no traceback), 2 bad arguments,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Nothing on the inspect/verify/convert paths
+imports Keras or TensorFlow, so the command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ShardfeedError
+
+EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so conversions unwind like on Ctrl-C."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return args.run(args) or 0
+    except ShardfeedError as exc:
+        print(f"shardfeed: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("shardfeed: interrupted; finish with --resume", file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print("shardfeed: terminated; finish with --resume", file=sys.stderr)
+        return EXIT_SIGTERM
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKEND_NAMES
+    from .convert import DEFAULT_SHARD_SIZE
+
+    parser = argparse.ArgumentParser(prog="shardfeed", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"shardfeed {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = commands.add_parser("convert", help="pack per-ID .npy files into a store")
+    p.add_argument("src", help="folder of <ID>.npy files")
+    p.add_argument("out", help="store to create")
+    p.add_argument("--labels", help="JSON {id: label} or CSV id,label")
+    p.add_argument("--partition", help="JSON {split: [ids]}; default: every .npy in SRC, split 'all'")
+    p.add_argument("--format", choices=BACKEND_NAMES, default="zarr")
+    p.add_argument("--chunk-rows", type=int, help="samples per chunk (default: about 256 KiB)")
+    p.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="bytes per shard, e.g. 256MB")
+    p.add_argument("--compression", default="none", help="none|gzip (hdf5); none|zstd|lz4|gzip (zarr)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(run=_cmd_convert)
+
+    p = commands.add_parser("inspect", help="summarize a store")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--id", dest="sample_id", help="show one sample")
+    p.add_argument("--shards", action="store_true", help="list shards")
+    p.set_defaults(run=_cmd_inspect)
+
+    p = commands.add_parser("verify", help="check every sample against its checksum")
+    p.add_argument("store")
+    p.add_argument("--source", help="also compare each sample with SRC/<ID>.npy")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_cmd_verify)
+    return parser
+
+
+def _progress_bar(total: int, quiet: bool, desc: str):
+    """A tqdm bar on stderr, shown only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="samples", desc=desc, disable=quiet or not sys.stderr.isatty(),
+                dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+
+
+def _cmd_convert(args) -> int:
+    import time
+
+    from .convert import convert
+
+    bar = None
+    started = time.perf_counter()
+
+    def on_start(sources, layout) -> None:
+        nonlocal bar
+        bar = _progress_bar(layout.num_samples, args.quiet, desc="convert")
+        bar.sample_nbytes = layout.sample_nbytes
+
+    def progress(n: int) -> None:
+        bar.update(n)
+        rate = bar.format_dict.get("rate") or 0
+        bar.set_postfix_str(f"{rate * bar.sample_nbytes / 1e6:.0f} MB/s", refresh=False)
+
+    try:
+        manifest = convert(
+            args.src, args.out, labels=args.labels, partition=args.partition, format=args.format,
+            chunk_rows=args.chunk_rows, shard_size=args.shard_size, compression=args.compression,
+            workers=args.workers, overwrite=args.overwrite, resume=args.resume,
+            progress=progress, on_start=on_start,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - started
+    if not args.quiet:
+        n = manifest.num_samples
+        mb = n * manifest.sample_nbytes / 1e6
+        splits = ", ".join(f"{k}={v}" for k, v in manifest.splits.items())
+        print(
+            f"{args.out}: {n} samples ({splits}) in {len(manifest.shards)} {manifest.backend} shard(s), "
+            f"{seconds:.1f} s, {n / seconds:,.0f} samples/s, {mb / seconds:,.0f} MB/s"
+        )
+        unlisted = manifest.source.get("unlisted_files", 0)
+        if unlisted:
+            print(f"note: {unlisted} .npy file(s) in {args.src} are not in the partition and were not converted")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .inspection import describe, describe_sample, format_summary
+    from .store import open_store
+
+    store = open_store(args.store)
+    if args.sample_id is not None:
+        info = describe_sample(store, args.sample_id)
+        print(json.dumps(info, indent=1) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+        return 0
+    summary = describe(store)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(format_summary(summary, show_shards=args.shards))
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .integrity import verify_store
+    from .store import open_store
+
+    store = open_store(args.store)
+    bar = _progress_bar(len(store), args.quiet, "verify")
+    try:
+        report = verify_store(store, args.source, progress=bar.update)
+    finally:
+        bar.close()
+    for path, reason in report.bad_shards.items():
+        print(f"BAD shard {path}: {reason}")
+    for sample_id, reason in list(report.bad_samples.items())[:1000]:
+        print(f"BAD sample {sample_id!r}: {reason}")
+    if len(report.bad_samples) > 1000:
+        print(f"... and {len(report.bad_samples) - 1000} more bad samples")
+    if report.ok:
+        if not args.quiet:
+            print(f"{args.store}: OK, {report.samples_checked} samples match their checksums")
+        return 0
+    print(f"{args.store}: FAILED, {len(report.bad_samples)} bad sample(s) in {len(report.bad_shards)} shard(s)")
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Error types. Each one subclasses `ShardfeedError` and the builtin a caller would expect,
+so `except KeyError` and `except ShardfeedError` both work."""
+
+from __future__ import annotations
+
+
+class ShardfeedError(Exception):
+    """Base of every error shardfeed raises on purpose."""
+
+    def __str__(self) -> str:
+        # KeyError's str() quotes its argument; our messages are sentences, not keys.
+        return str(self.args[0]) if self.args else ""
+
+
+class InputError(ShardfeedError, ValueError):
+    """A source file, ID, label or partition is not what conversion needs."""
+
+
+class OptionError(ShardfeedError, ValueError):
+    """A conversion or reading option is invalid or unsupported by the chosen backend."""
+
+
+class StoreExistsError(ShardfeedError, FileExistsError):
+    """The output path exists and --overwrite was not given (or it is not ours to delete)."""
+
+
+class StoreLockedError(ShardfeedError, BlockingIOError):
+    """Another conversion holds the store's lock file."""
+
+
+class StoreNotFoundError(ShardfeedError, FileNotFoundError):
+    """No store at the path."""
+
+
+class StoreNotFinalizedError(ShardfeedError, RuntimeError):
+    """The store has no manifest: its conversion did not finish."""
+
+
+class StoreFormatError(ShardfeedError, ValueError):
+    """The manifest or index is malformed, inconsistent, or of a newer format version."""
+
+
+class ShardNotFoundError(ShardfeedError, FileNotFoundError):
+    """A shard named in the manifest is missing."""
+
+
+class ChecksumError(ShardfeedError, OSError):
+    """Bytes read back do not match the checksum recorded at conversion."""
+
+
+class UnknownIDError(ShardfeedError, KeyError):
+    """Sample IDs that are not in the store."""
+
+
+class UnknownSplitError(ShardfeedError, KeyError):
+    """A split name that is not in the store."""
+
+
+class WorkerDiedError(ShardfeedError, RuntimeError):
+    """A data-loading worker process died (for example killed by the OOM killer)."""

@@ -1,0 +1,123 @@
+"""One conversion task: read a shard's samples from their `.npy` files and write the shard.
+
+Tasks are independent and picklable, so the same function runs in-process, in a local
+process pool or on a Dask worker. A task reports progress through a counter it is given and
+returns a `ShardRecord`: the shard's manifest entry plus each sample's checksum.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Layout, get_backend
+from .errors import InputError
+from .manifest import ShardInfo, checksum, shard_checksum
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where a sample's bytes are: what a task needs of a `sources.Sample`."""
+
+    id: str
+    path: str
+    data_offset: int
+    fortran_order: bool
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    backend: str
+    root: str
+    layout: Layout
+    shard: int
+    source_dtype: str
+    samples: tuple[SampleRef, ...]
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    info: ShardInfo
+    checksums: np.ndarray  # uint32 per sample
+
+    def to_json_dict(self) -> dict:
+        packed = base64.b64encode(self.checksums.astype("<u4").tobytes()).decode("ascii")
+        return {"info": asdict(self.info), "checksums": packed}
+
+    @classmethod
+    def from_json_dict(cls, data: dict) -> ShardRecord:
+        checksums = np.frombuffer(base64.b64decode(data["checksums"]), dtype="<u4").astype(np.uint32)
+        return cls(ShardInfo(**data["info"]), checksums)
+
+
+class _NoProgress:
+    def add(self, n: int) -> None:
+        pass
+
+
+def write_shard(task: ShardTask, progress=None) -> ShardRecord:
+    """Write one shard; `progress.add(n)` is called as rows are written."""
+    progress = progress or _NoProgress()
+    layout = task.layout
+    backend = get_backend(task.backend)
+    writer = backend.open_writer(Path(task.root), layout, task.shard)
+    block = np.empty((layout.chunk_rows, *layout.sample_shape), dtype=layout.dtype)
+    checksums = np.empty(len(task.samples), dtype=np.uint32)
+    source_dtype = np.dtype(task.source_dtype)
+    try:
+        for start in range(0, len(task.samples), layout.chunk_rows):
+            refs = task.samples[start : start + layout.chunk_rows]
+            for i, ref in enumerate(refs):
+                read_sample(ref, block[i], source_dtype)
+                checksums[start + i] = checksum(block[i])
+            writer.write(block[: len(refs)])
+            progress.add(len(refs))
+        nbytes = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    first = task.shard * layout.shard_rows
+    info = ShardInfo(
+        path=backend.shard_path(layout, task.shard),
+        first_row=first,
+        last_row=first + len(task.samples) - 1,
+        nbytes=nbytes,
+        checksum=shard_checksum(checksums),
+    )
+    return ShardRecord(info, checksums)
+
+
+def read_sample(ref: SampleRef, dest: np.ndarray, source_dtype: np.dtype) -> None:
+    """Read a sample's data into `dest` (C order, stored dtype), refusing a changed file."""
+    expected = dest.nbytes
+    direct = not ref.fortran_order and source_dtype == dest.dtype
+    target = dest if direct else np.empty(dest.size, dtype=source_dtype)
+    try:
+        fd = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            f.seek(ref.data_offset)
+            got = _read_fully(f, memoryview(target.reshape(-1)).cast("B"))
+            extra = f.read(1)
+    except OSError as exc:
+        raise InputError(f"{ref.path}: sample {ref.id!r}: cannot read: {exc.strerror}") from exc
+    if got != expected or extra:
+        raise InputError(
+            f"{ref.path}: sample {ref.id!r}: file changed since it was validated "
+            f"(expected {expected} data bytes)"
+        )
+    if not direct:
+        dest[...] = target.reshape(dest.shape, order="F" if ref.fortran_order else "C")
+
+
+def _read_fully(f, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
