@@ -7,14 +7,16 @@ PyDataset, rebuilds its worker pool every epoch, and hands each worker a copy of
 worker produces the same batches as the main process.
 
 Keras waits for a worker's result with no timeout: a worker killed by the OOM killer hangs
-`fit` forever (RELIABILITY.md). `WorkerWatchdog` notices the death and fails the waiting
-results with `WorkerDiedError` instead.
+`fit` forever (RELIABILITY.md). Importing this module makes Keras build its PyDataset process
+pools as `WatchedPool`, which fails the waiting results with `WorkerDiedError` instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import multiprocessing
+import multiprocessing.pool
 import threading
 import warnings
 import weakref
@@ -29,9 +31,6 @@ from .batches import BatchSource
 from .errors import WorkerDiedError
 from .manifest import write_atomic
 from .store import Store
-
-WATCHDOG_INTERVAL_S = 0.25
-
 
 class DataGenerator(keras.utils.PyDataset):
     """Shuffled `(x, y)` batches from a store, for `model.fit`.
@@ -93,8 +92,6 @@ class DataGenerator(keras.utils.PyDataset):
 
     def on_epoch_begin(self) -> None:
         self._in_epoch = True
-        if self.use_multiprocessing:
-            WorkerWatchdog.ensure_running()
 
     def on_epoch_end(self) -> None:
         # Keras also calls this once when `fit` starts, before any epoch: only an epoch that
@@ -169,51 +166,45 @@ class ResumeCallback(keras.callbacks.BackupAndRestore):
         write_atomic(self._state_path, json.dumps(state).encode())
 
 
-class WorkerWatchdog:
-    """Fails Keras' pending worker results when one of its pool's worker processes dies.
+class WatchedPool(multiprocessing.pool.Pool):
+    """The process pool Keras gets for PyDatasets: fails pending results when a worker dies.
 
     `multiprocessing.Pool` replaces a dead worker but never completes the task it was running,
-    and Keras waits for that result without a timeout. Every `WATCHDOG_INTERVAL_S` we compare
-    each running Keras pool's worker pids with the last ones seen; a pid that vanished while
-    the pool is running means a worker died. We then fail every pending result with
-    `WorkerDiedError` (Keras re-raises it from `fit`) and terminate the pool.
+    and Keras waits for that result without a timeout. A Keras pool has no task limit per
+    worker, so any worker started after the pool is populated replaces one that died: at
+    that moment (within 0.1 s of the death) we fail every pending result with
+    `WorkerDiedError`, which Keras re-raises from `fit`, and terminate the pool.
     """
 
-    _thread: threading.Thread | None = None
-    _lock = threading.Lock()
+    def __init__(self, processes=None, *args, **kwargs) -> None:
+        self._populated = False
+        pool_ref = weakref.ref(self)
 
-    @classmethod
-    def ensure_running(cls) -> None:
-        with cls._lock:
-            if cls._thread is None or not cls._thread.is_alive() or cls._thread_pid != os.getpid():
-                cls._thread_pid = os.getpid()
-                cls._thread = threading.Thread(target=cls._watch, name="shardfeed-watchdog", daemon=True)
-                cls._thread.start()
+        def start_worker(ctx, *process_args, **process_kwargs):
+            pool = pool_ref()
+            if pool is not None and pool._populated and pool._state == "RUN":
+                pool._fail_pending()
+            return ctx.Process(*process_args, **process_kwargs)
 
-    @classmethod
-    def _watch(cls) -> None:
-        known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        stop = threading.Event()
-        while not stop.wait(WATCHDOG_INTERVAL_S):
-            for pool in list(py_dataset_adapter._DATA_POOLS):
-                if getattr(pool, "_state", None) != "RUN":
-                    continue
-                workers = {p.pid: p for p in list(pool._pool)}
-                died = [(pid, code) for pid, code in known.get(pool, {}).items() if pid not in workers]
-                died += [(p.pid, p.exitcode) for p in workers.values() if p.exitcode not in (None, 0)]
-                if died:
-                    cls._fail(pool, died)
-                else:
-                    known[pool] = {pid: p.exitcode for pid, p in workers.items()}
+        self.Process = start_worker  # used for the first workers and for every replacement
+        super().__init__(processes, *args, **kwargs)
+        self._populated = True
 
-    @staticmethod
-    def _fail(pool, died: list) -> None:
-        pid = died[0][0]
+    def _fail_pending(self) -> None:
         error = WorkerDiedError(
-            f"a DataGenerator worker process (pid {pid}) died, probably killed by the OOM killer or a "
-            f"signal; its batch is lost. Lower workers or max_queue_size, or use threads "
-            f"(use_multiprocessing=False)"
+            "a DataGenerator worker process died (killed by the OOM killer or a signal?); its "
+            "batch is lost. Lower workers or max_queue_size, or use threads (use_multiprocessing=False)"
         )
-        for job in list(pool._cache.values()):
+        for job in list(self._cache.values()):
             job._set(0, (False, error))
-        pool.terminate()
+        # terminate() joins the thread we are called from: let another thread do it.
+        threading.Thread(target=self.terminate, name="shardfeed-pool-terminate", daemon=True).start()
+
+
+def _keras_pool_class(use_multiprocessing: bool):
+    pool_class = _keras_get_pool_class(use_multiprocessing)
+    return WatchedPool if pool_class is multiprocessing.Pool else pool_class
+
+
+_keras_get_pool_class = py_dataset_adapter.get_pool_class
+py_dataset_adapter.get_pool_class = _keras_pool_class

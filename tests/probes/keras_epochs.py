@@ -1,0 +1,43 @@
+"""Probe run in a fresh interpreter: iterate a DataGenerator through Keras' own PyDataset
+machinery (PyDatasetAdapter + OrderedEnqueuer) and print the sample rows of every batch.
+
+    python keras_epochs.py STORE START_METHOD WORKERS USE_MULTIPROCESSING EPOCHS
+"""
+
+import json
+import multiprocessing
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def rows_of(x):
+    # Each sample of the probe store is filled with its own row number.
+    return [int(v) for v in x.reshape(len(x), -1)[:, 0]]
+
+
+def main():
+    store, method, workers, use_mp, epochs = sys.argv[1:6]
+    multiprocessing.set_start_method(method, force=True)
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    import shardfeed
+
+    opened = shardfeed.open_store(store)
+    opened.read([0, 1])  # the parent has read from the store before the workers start
+    gen = shardfeed.DataGenerator(
+        opened, split="train", batch_size=4, seed=11, labels="sparse", dtype=None,
+        workers=int(workers), use_multiprocessing=use_mp == "1",
+    )
+    adapter = PyDatasetAdapter(gen, shuffle=False)
+    seen = []
+    for _ in range(int(epochs)):
+        adapter.on_epoch_begin()
+        seen.append([rows_of(x) for x, _ in adapter.get_numpy_iterator()])
+        adapter.on_epoch_end()
+    print(json.dumps({"epochs": seen, "seed": gen.seed}))
+
+
+if __name__ == "__main__":
+    main()

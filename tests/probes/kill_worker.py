@@ -1,0 +1,58 @@
+"""Probe: fit with 2 worker processes, SIGKILL one worker mid-epoch, report what fit did.
+
+    python kill_worker.py STORE START_METHOD
+Prints one JSON line: {"error": <type name or null>, "message": ..., "seconds_after_kill": ...}.
+"""
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+import shardfeed  # noqa: E402
+
+
+class SlowGenerator(shardfeed.DataGenerator):
+    """Module level, so spawned workers can unpickle it."""
+
+    def __getitem__(self, index):
+        time.sleep(0.05)
+        return super().__getitem__(index)
+
+
+def main():
+    store, method = sys.argv[1:3]
+    multiprocessing.set_start_method(method, force=True)
+    gen = SlowGenerator(store, split="train", batch_size=2, seed=1, labels="sparse",
+                        workers=2, use_multiprocessing=True)
+    model = keras.Sequential([keras.Input(gen.store.sample_shape), keras.layers.Flatten(),
+                              keras.layers.Dense(gen.store.num_classes)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    killed_at = []
+
+    class KillOneWorker(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3 and not killed_at:
+                worker = multiprocessing.active_children()
+                keras_workers = [p for p in worker if "Keras_worker" in p.name or "PoolWorker" in p.name]
+                os.kill(keras_workers[0].pid, signal.SIGKILL)
+                killed_at.append(time.monotonic())
+
+    result = {"error": None, "message": None}
+    try:
+        model.fit(gen, epochs=50, verbose=0, callbacks=[KillOneWorker()])
+    except Exception as exc:
+        result = {"error": type(exc).__name__, "message": str(exc)}
+    result["seconds_after_kill"] = time.monotonic() - killed_at[0] if killed_at else None
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""DataGenerator: the tutorial's batches, Keras' worker machinery, labels, resume, tf.data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import shardfeed
+from shardfeed import DataGenerator
+from shardfeed.tutorial import TutorialGenerator
+
+PROBES = Path(__file__).parent / "probes"
+START_METHODS = ["fork", "spawn", "forkserver"]
+
+
+@pytest.fixture(scope="module")
+def row_store(tmp_path_factory) -> Path:
+    """A store where every sample is filled with its own row number: batches name their rows."""
+    root = tmp_path_factory.mktemp("rows")
+    src = root / "data"
+    src.mkdir()
+    ids = [f"s{k:03d}" for k in range(46)]
+    for k, sample_id in enumerate(ids):
+        np.save(src / f"{sample_id}.npy", np.full((2, 3), k, dtype=np.float32))
+    labels = {sample_id: k % 3 for k, sample_id in enumerate(ids)}
+    partition = {"train": ids[:38], "validation": ids[38:]}
+    out = root / "rows.zarr"
+    shardfeed.convert(src, out, labels=labels, partition=partition, chunk_rows=4, shard_size=4 * 24 * 3)
+    return out
+
+
+def rows_of(x: np.ndarray) -> list[int]:
+    return [int(v) for v in x.reshape(len(x), -1)[:, 0]]
+
+
+def epoch_rows(gen: DataGenerator) -> list[list[int]]:
+    gen.on_epoch_begin()
+    rows = [rows_of(gen[i][0]) for i in range(len(gen))]
+    gen.on_epoch_end()
+    return rows
+
+
+def test_matches_the_tutorial_generator_batch_for_batch(tmp_path, make_npy_dir, backend):
+    src, labels_path, partition_path, _ = make_npy_dir(n=50, shape=(5, 4, 3, 1), num_classes=4)
+    labels, partition = json.loads(labels_path.read_text()), json.loads(partition_path.read_text())
+    out = tmp_path / "store"
+    shardfeed.convert(src, out, labels=labels, partition=partition, format=backend, chunk_rows=3)
+    tutorial = TutorialGenerator(partition["train"], labels, src, batch_size=8, dim=(5, 4, 3),
+                                 n_classes=4, shuffle=False)  # fmt: skip
+    ours = DataGenerator(out, split="train", batch_size=8, shuffle=False, drop_remainder=True)
+    assert len(ours) == len(tutorial) == len(partition["train"]) // 8
+    for i in range(len(ours)):
+        (x_tut, y_tut), (x_ours, y_ours) = tutorial[i], ours[i]
+        assert x_ours.dtype == np.float32 and x_tut.dtype == np.float64
+        np.testing.assert_array_equal(x_ours, x_tut)
+        np.testing.assert_array_equal(y_ours, y_tut)
+
+
+def test_ids_argument_follows_the_given_order(row_store):
+    store = shardfeed.open_store(row_store)
+    ids = ["s010", "s002", "s040", "s007", "s001"]
+    gen = DataGenerator(store, ids=ids, batch_size=2, shuffle=False)
+    assert [r for i in range(len(gen)) for r in rows_of(gen[i][0])] == [10, 2, 40, 7, 1]
+    assert len(gen[2][0]) == 1  # the last batch is short: every sample exactly once
+
+
+def test_every_sample_once_per_epoch_and_new_order_each_epoch(row_store):
+    gen = DataGenerator(row_store, split="train", batch_size=5, seed=3)
+    epochs = [epoch_rows(gen) for _ in range(3)]
+    for batches in epochs:
+        flat = [r for b in batches for r in b]
+        assert sorted(flat) == list(range(38))
+    assert epochs[0] != epochs[1] != epochs[2]
+    again = DataGenerator(row_store, split="train", batch_size=5, seed=3)
+    assert [epoch_rows(again) for _ in range(3)] == epochs
+
+
+def test_drop_remainder_gives_floor_batches(row_store):
+    gen = DataGenerator(row_store, split="train", batch_size=5, drop_remainder=True, seed=0)
+    assert len(gen) == 38 // 5
+    assert all(len(gen[i][0]) == 5 for i in range(len(gen)))
+
+
+@pytest.mark.parametrize(
+    ("labels", "dtype", "expect_y"),
+    [("onehot", "float32", (4, 3)), ("sparse", "float16", (4,)), (None, None, None)],
+)
+def test_label_modes_and_dtypes(row_store, labels, dtype, expect_y):
+    gen = DataGenerator(row_store, split="train", batch_size=4, labels=labels, dtype=dtype, shuffle=False)
+    batch = gen[0]
+    x = batch[0]
+    assert x.dtype == (np.dtype(dtype) if dtype else np.dtype("<f4"))
+    store = shardfeed.open_store(row_store)
+    expected_labels = store.labels[store.split("train")[:4]]
+    if expect_y is None:
+        assert len(batch) == 1
+    elif labels == "onehot":
+        np.testing.assert_array_equal(batch[1], keras.utils.to_categorical(expected_labels, 3))
+    else:
+        assert batch[1].dtype == np.int64
+        np.testing.assert_array_equal(batch[1], expected_labels)
+
+
+def test_unlabeled_store_gives_inputs_only(tmp_path, make_npy_dir):
+    src, _, partition, _ = make_npy_dir(n=10, num_classes=None)
+    shardfeed.convert(src, tmp_path / "u", partition=partition)
+    batch = DataGenerator(tmp_path / "u", split="train", batch_size=4)[0]
+    assert len(batch) == 1
+
+
+def test_rejects_bad_arguments(row_store):
+    with pytest.raises(shardfeed.OptionError, match="either split or ids"):
+        DataGenerator(row_store, split="train", ids=["s001"])
+    with pytest.raises(shardfeed.UnknownSplitError, match="train"):
+        DataGenerator(row_store, split="test")
+    with pytest.raises(shardfeed.OptionError, match="shuffle_mode"):
+        DataGenerator(row_store, shuffle_mode="random")
+    with pytest.raises(shardfeed.OptionError, match="labels"):
+        DataGenerator(row_store, labels="categorical")
+
+
+def test_ranks_split_every_epoch_disjointly(row_store):
+    gens = [DataGenerator(row_store, split="train", batch_size=4, seed=9, rank=r, world_size=3)
+            for r in range(3)]  # fmt: skip
+    assert len({len(g) for g in gens}) == 1
+    for _ in range(2):
+        shares = [sorted(r for b in epoch_rows(g) for r in b) for g in gens]
+        union = [r for share in shares for r in share]
+        assert len(set(union)) == len(union) == 38 - 38 % 3
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_keras_worker_processes_give_the_in_process_batches(row_store, method):
+    """Keras' own enqueuer, 2 worker processes, 3 epochs: exactly once, reshuffled, same order."""
+    out = _probe("keras_epochs.py", row_store, method, "2", "1", "3")
+    in_process = DataGenerator(row_store, split="train", batch_size=4, seed=11)
+    expected = [epoch_rows(in_process) for _ in range(3)]
+    assert out["epochs"] == expected
+    for batches in out["epochs"]:
+        assert sorted(r for b in batches for r in b) == list(range(38))
+    assert out["epochs"][0] != out["epochs"][1]
+
+
+def test_keras_worker_threads_give_the_in_process_batches(row_store):
+    out = _probe("keras_epochs.py", row_store, "fork", "2", "0", "2")
+    in_process = DataGenerator(row_store, split="train", batch_size=4, seed=11)
+    assert out["epochs"] == [epoch_rows(in_process) for _ in range(2)]
+
+
+@pytest.mark.parametrize("method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_killed_worker_raises_instead_of_hanging(row_store, method):
+    out = _probe("kill_worker.py", row_store, method, timeout=120)
+    assert out["error"] is not None, out
+    assert "WorkerDiedError" in out["message"] and "died" in out["message"]
+    assert out["seconds_after_kill"] < 30
+
+
+def test_no_leaked_processes_or_fds_over_many_epochs(row_store):
+    psutil = pytest.importorskip("psutil")
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    gen = DataGenerator(row_store, split="train", batch_size=8, workers=2, use_multiprocessing=True)
+    adapter = PyDatasetAdapter(gen, shuffle=False)
+    me = psutil.Process()
+    counts = []
+    for epoch in range(12):
+        adapter.on_epoch_begin()
+        assert sum(len(x) for x, _ in adapter.get_numpy_iterator()) == 38
+        adapter.on_epoch_end()
+        counts.append((len(me.children()), me.num_fds()))
+    assert counts[-1][1] <= counts[2][1] + 2, counts
+    assert counts[-1][0] <= max(c for c, _ in counts[:3]), counts
+
+
+def _probe(script: str, *args, timeout: int = 240) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, str(PROBES / script), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
