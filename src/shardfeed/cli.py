@@ -1,8 +1,8 @@
 """The `shardfeed` command: a thin shell over the library. The only module that prints or exits.
 
 Exit codes: 0 success, 1 an error shardfeed reports (one line, no traceback), 2 bad arguments,
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Nothing on the inspect/verify/convert paths
-imports Keras or TensorFlow, so the command starts fast.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Nothing on the inspect/verify/convert/bench
+paths imports Keras or TensorFlow (only `bench --fit` does), so the command starts fast.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="bytes per shard, e.g. 256MB")
     p.add_argument("--compression", default="none", help="none|gzip (hdf5); none|zstd|lz4|gzip (zarr)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--scheduler", help="run shard tasks on Dask: tcp://HOST:PORT, or 'local'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -79,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="also compare each sample with SRC/<ID>.npy")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_cmd_verify)
+
+    p = commands.add_parser("bench", help="measure read speed against the memory-mapped limit")
+    p.add_argument("store")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shuffle", choices=("global", "block"), default="global")
+    p.add_argument("--seconds", type=float, default=10.0, help="time budget per reader")
+    p.add_argument("--split", help="read only this split (default: every row)")
+    p.add_argument("--fit", action="store_true", help="also time model.fit (imports Keras)")
+    p.add_argument("--tmpdir", help="folder for the limit's copy of the data (default: temp)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(run=_cmd_bench)
     return parser
 
 
@@ -112,7 +124,7 @@ def _cmd_convert(args) -> int:
         manifest = convert(
             args.src, args.out, labels=args.labels, partition=args.partition, format=args.format,
             chunk_rows=args.chunk_rows, shard_size=args.shard_size, compression=args.compression,
-            workers=args.workers, overwrite=args.overwrite, resume=args.resume,
+            workers=args.workers, overwrite=args.overwrite, resume=args.resume, scheduler=args.scheduler,
             progress=progress, on_start=on_start,
         )  # fmt: skip
     finally:
@@ -172,6 +184,26 @@ def _cmd_verify(args) -> int:
         return 0
     print(f"{args.store}: FAILED, {len(report.bad_samples)} bad sample(s) in {len(report.bad_shards)} shard(s)")
     return EXIT_ERROR
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench_store, format_table
+
+    if args.batch_size < 1 or args.seconds <= 0:
+        print("shardfeed: error: --batch-size and --seconds must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    results = bench_store(
+        args.store, batch_size=args.batch_size, shuffle=args.shuffle, seconds=args.seconds,
+        split=args.split, fit=args.fit, tmpdir=args.tmpdir,
+    )  # fmt: skip
+    if args.json:
+        for result in results:
+            print(json.dumps(result.to_dict()))
+    else:
+        print(format_table(results))
+        if any(r.noisy for r in results):
+            print("NOISY: other processes used over 10 % of the CPUs during a measurement")
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,18 +3,22 @@
 Nothing is written before every input has been validated. While a conversion runs, the store
 holds a work directory (`.convert/`) with the plan and one record per finished shard, and a lock
 file; the manifest, written last, is the commit point. `resume=True` keeps finished shards whose
-samples still match their checksums and redoes the rest.
+samples still match their checksums and redoes the rest. A kill at any moment (see `faults.py`
+for the points the crash tests aim at) leaves either no manifest or a complete store.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
+import contextlib
+import ctypes
 import math
 import multiprocessing
 import os
 import re
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -22,9 +26,11 @@ import numpy as np
 
 from . import __version__
 from .backends import COMPRESSIONS, Layout, get_backend
-from .errors import OptionError, StoreExistsError
+from .errors import DiskFullError, OptionError, StoreExistsError, WorkerDiedError
+from .faults import fault_point
 from .manifest import (
     INDEX_NAME,
+    LOCK_NAME,
     MANIFEST_NAME,
     WORK_DIR,
     Index,
@@ -32,9 +38,9 @@ from .manifest import (
     checksum,
     write_atomic,
 )
-from .shardtask import SampleRef, ShardRecord, ShardTask, write_shard
+from .shardtask import DISK_FULL_ERRNOS, SampleRef, ShardRecord, ShardTask, write_shard
 from .sources import SourceSet, read_labels, read_partition, scan_sources
-from .workdir import StoreLock, WorkDir
+from .workdir import StoreLock, WorkDir, input_digests
 
 CHUNK_TARGET_BYTES = 256 * 1024
 DEFAULT_SHARD_SIZE = "128MB"
@@ -94,10 +100,16 @@ def convert(
     resume: bool = False,
     progress: ProgressCallback | None = None,
     on_start: Callable[[SourceSet, Layout], None] | None = None,
+    client=None,
+    scheduler: str | None = None,
 ) -> Manifest:
     """Pack per-ID `.npy` files under `src` into a store at `out`; returns its manifest.
 
     `labels` and `partition` are file paths (JSON, or CSV `id,label` for labels) or mappings.
+    Shards are written by `workers` local processes, or as tasks on a Dask cluster: pass a
+    `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
+    `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
+    paths (a shared file system). This process always commits the index and manifest.
     `progress(n)` is called with the number of samples written since its last call;
     `on_start(sources, layout)` once every input is validated, before anything is written.
     """
@@ -120,25 +132,76 @@ def convert(
     if on_start:
         on_start(sources, layout)
     root = Path(out)
+    if not resume:
+        _check_free_space(root, layout, layout.num_samples)
     _prepare_output(root, overwrite=overwrite, resume=resume)
     with StoreLock(root):
         work = WorkDir(root)
         plan = _plan_record(sources, layout, format)
         if resume and work.exists():
-            work.check_plan(plan)
+            samples = sources.samples
+            work.check_plan(plan, lambda i: f"{samples[i].path} (sample {samples[i].id!r})")
             done = work.verified_records(backend, layout, progress)
         else:
             _clear_store(root)
-            work.create(plan)
             backend.prepare(root, layout)
+            work.create(plan)  # from here on, --resume continues this conversion
             done = {}
         tasks = [t for t in _tasks(sources, layout, format, root) if t.shard not in done]
-        for record in _run_tasks(tasks, workers, progress):
-            work.save_record(record)
-            done[record.info.first_row // layout.shard_rows] = record
-        manifest = _commit(root, sources, layout, format, [done[k] for k in sorted(done)])
+        _check_free_space(root, layout, sum(len(t.samples) for t in tasks))
+        try:
+            if client is not None or scheduler is not None:
+                from .cluster import run_on_dask
+
+                records = run_on_dask(
+                    tasks, progress, client=client, scheduler=scheduler, workers=workers
+                )
+            else:
+                records = _run_tasks(tasks, workers, progress)
+            for record in records:
+                work.save_record(record)
+                fault_point("record-saved")
+                done[record.info.first_row // layout.shard_rows] = record
+            manifest = _commit(root, sources, layout, format, [done[k] for k in sorted(done)])
+        except OSError as exc:
+            if not isinstance(exc, DiskFullError) and exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            left = layout.num_samples - sum(r.info.num_rows for r in done.values())
+            raise _disk_full_error(exc, root, left * layout.sample_nbytes) from exc
         work.remove()
     return manifest
+
+
+def _check_free_space(root: Path, layout: Layout, rows: int) -> None:
+    """Refuse to start when OUT's file system cannot hold the raw bytes of `rows` samples.
+
+    Skipped for compressed stores, whose size is unknown in advance; running out of space
+    later still stops the conversion cleanly (`DiskFullError`), and `--resume` continues it.
+    """
+    if layout.compression != "none" or rows == 0:
+        return
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    needed, free = rows * layout.sample_nbytes, shutil.disk_usage(existing).free
+    if needed > free:
+        raise DiskFullError(
+            f"{root}: {rows} samples need {_mb(needed)} but its file system has {_mb(free)} free; "
+            f"free space (then run the same command, with --resume if {root} exists) "
+            f"or choose another OUT"
+        )
+
+
+def _disk_full_error(exc: OSError, root: Path, bytes_left: int) -> DiskFullError:
+    what = str(exc) if isinstance(exc, DiskFullError) else f"{exc.filename or root}: {exc.strerror}"
+    return DiskFullError(
+        f"{what}; {_mb(bytes_left)} of samples remain to be written to {root}: free space "
+        f"(or raise the file-size limit), then run the same command with --resume"
+    )
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB ({nbytes} bytes)"
 
 
 def _prepare_output(root: Path, *, overwrite: bool, resume: bool) -> None:
@@ -147,23 +210,32 @@ def _prepare_output(root: Path, *, overwrite: bool, resume: bool) -> None:
         return
     if not root.is_dir():
         raise StoreExistsError(f"{root}: exists and is not a directory")
-    ours = (root / MANIFEST_NAME).exists() or (root / WORK_DIR).exists()
-    if resume:
-        if not (root / WORK_DIR).exists():
-            done = "is already complete" if (root / MANIFEST_NAME).exists() else "has no conversion to resume"
-            raise StoreExistsError(f"{root}: --resume given but the store {done}")
-        return
+    StoreLock.check_free(root)
     if not any(root.iterdir()):
         return
+    has_manifest = (root / MANIFEST_NAME).exists()
+    # An interrupted conversion leaves its work directory, or at least its lock file.
+    unfinished = (root / WORK_DIR).exists() or ((root / LOCK_NAME).exists() and not has_manifest)
+    if resume:
+        if unfinished:
+            return  # convert() resumes it, or starts afresh if it stopped before its plan
+        done = "is already complete" if has_manifest else "has no conversion to resume"
+        raise StoreExistsError(f"{root}: --resume given but the store {done}")
     if not overwrite:
-        hint = "pass --resume to finish it" if (root / WORK_DIR).exists() else "pass --overwrite to replace it"
+        hint = "pass --resume to finish it" if unfinished else "pass --overwrite to replace it"
         raise StoreExistsError(f"{root}: output exists; {hint}")
-    if not ours:
-        raise StoreExistsError(f"{root}: exists and is not a shardfeed store; refusing to delete it")
+    if not (has_manifest or unfinished):
+        raise StoreExistsError(
+            f"{root}: exists and is not a shardfeed store; refusing to delete it"
+        )
 
 
 def _clear_store(root: Path) -> None:
-    """Remove a previous store's files (the lock file stays: we hold it)."""
+    """Remove a previous store's files (the lock file stays: we hold it).
+
+    The manifest goes first: a store interrupted while being cleared must not look complete.
+    """
+    (root / MANIFEST_NAME).unlink(missing_ok=True)
     for child in root.iterdir():
         if child.name == StoreLock.NAME:
             continue
@@ -175,10 +247,10 @@ def _clear_store(root: Path) -> None:
 
 def _plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
     """Everything that determines the output: a resume must match it exactly."""
-    inputs = [
-        [s.id, s.split, s.label, str(s.path), os.stat(s.path).st_size, os.stat(s.path).st_mtime_ns]
-        for s in sources.samples
-    ]
+    inputs = []
+    for s in sources.samples:
+        info = os.stat(s.path)
+        inputs.append([s.id, s.split, s.label, str(s.path), info.st_size, info.st_mtime_ns])
     return {
         "format": format,
         "num_samples": layout.num_samples,
@@ -188,7 +260,7 @@ def _plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
         "shard_rows": layout.shard_rows,
         "compression": layout.compression,
         "class_names": sources.class_names,
-        "inputs_checksum": checksum(json.dumps(inputs).encode()),
+        "input_digests": input_digests(inputs),
     }
 
 
@@ -209,11 +281,14 @@ def _run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback 
         return
     # spawn: h5py must not inherit a parent's open handles or HDF5 state (RELIABILITY.md).
     context = multiprocessing.get_context("spawn")
-    shared = context.Value("q", 0)
+    with _sigint_ignored():  # this starts multiprocessing's resource tracker process
+        shared = context.Value("q", 0)
     with cf.ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=context, initializer=_init_worker, initargs=(shared,)
-    ) as pool:
-        pending = {pool.submit(_write_shard_in_worker, t) for t in tasks}
+        min(workers, len(tasks)), mp_context=context, initializer=_init_worker,
+        initargs=(shared, os.getpid()),
+    ) as pool:  # fmt: skip
+        with _sigint_ignored():  # workers start (and stay) deaf to Ctrl-C, even while importing
+            pending = {pool.submit(_write_shard_in_worker, t) for t in tasks}
         reported = 0
         try:
             while pending:
@@ -223,10 +298,17 @@ def _run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback 
                     progress(now - reported)
                     reported = now
                 for future in finished:
-                    yield future.result()
+                    try:
+                        record = future.result()
+                    except cf.process.BrokenProcessPool as exc:
+                        raise WorkerDiedError(
+                            "a conversion worker process died (killed, for example by the OOM "
+                            "killer); finished shards are kept: run the same command with --resume"
+                        ) from exc
+                    yield record
         except BaseException:
-            for future in pending:
-                future.cancel()
+            # Stop at once: shards in flight are redone by --resume. Futures are not cancelled
+            # first: Python 3.11's pool then fails them again and prints InvalidStateError.
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
             raise
@@ -246,6 +328,7 @@ def _commit(root: Path, sources: SourceSet, layout: Layout, format: str, records
     )
     index_bytes = index.to_bytes()
     write_atomic(root / INDEX_NAME, index_bytes)
+    fault_point("index-written")
     manifest = Manifest(
         backend=format,
         num_samples=layout.num_samples,
@@ -268,6 +351,7 @@ def _commit(root: Path, sources: SourceSet, layout: Layout, format: str, records
         converter={"shardfeed": __version__},
     )
     write_atomic(root / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+    fault_point("manifest-written")
     return manifest
 
 
@@ -292,9 +376,37 @@ class _SharedCounter:
 _worker_counter: _SharedCounter | None = None
 
 
-def _init_worker(shared) -> None:
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while worker processes are created: they inherit it, and Python keeps an
+    inherited SIG_IGN. Ctrl-C reaches the whole process group; the driver alone stops the run
+    (terminating its workers), without a traceback from every worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def _init_worker(shared, driver_pid: int) -> None:
     global _worker_counter
     _worker_counter = _SharedCounter(shared)
+    _die_with_driver(driver_pid)
+
+
+def _die_with_driver(driver_pid: int) -> None:
+    """Linux: SIGKILL this worker when the driver dies (kill -9), so no orphan keeps writing
+    shards into a store that a `--resume` may already be rewriting."""
+    try:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers end when their task queue closes
+        return
+    if os.getppid() != driver_pid:  # the driver died before prctl took effect
+        os._exit(1)
 
 
 def _write_shard_in_worker(task: ShardTask) -> ShardRecord:

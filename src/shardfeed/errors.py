@@ -57,4 +57,8 @@ class UnknownSplitError(ShardfeedError, KeyError):
 
 
 class WorkerDiedError(ShardfeedError, RuntimeError):
-    """A data-loading worker process died (for example killed by the OOM killer)."""
+    """A data-loading or conversion worker process died (for example killed by the OOM killer)."""
+
+
+class DiskFullError(ShardfeedError, OSError):
+    """The output's file system is full, or a file-size limit was reached."""

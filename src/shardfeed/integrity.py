@@ -1,7 +1,9 @@
 """Verification: re-read every sample and compare it with its checksum (and, optionally, its source).
 
 `verify_store` never stops at the first problem: it reports every failing shard and sample ID,
-so a user can see the extent of the damage at once.
+so a user can see the extent of the damage at once. Each shard file is also compared whole
+with its size and CRC32 in the manifest, which catches damage no sample read would notice
+(container metadata, padding, unused index slots).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from .backends import Layout, ShardReader
 from .errors import ShardfeedError
-from .manifest import checksum
+from .manifest import ShardInfo, checksum, file_checksum
 from .shardtask import SampleRef, read_sample
 from .sources import read_npy_header
 from .store import Store
@@ -63,24 +65,44 @@ def verify_store(
     expected = store.checksums
     ids = store.ids
     for k, shard in enumerate(manifest.shards):
+        problem = _file_problem(store.path / shard.path, shard)
+        reasons = [problem] if problem else []
         try:
             actual = sample_checksums(store._reader(k), shard.num_rows, layout)
         except Exception as exc:  # any failure to read a shard is a finding, not a crash
-            report.bad_shards[shard.path] = f"{type(exc).__name__}: {exc}"
+            reasons.append(f"{type(exc).__name__}: {exc}")
             for row in range(shard.first_row, shard.last_row + 1):
                 report.bad_samples[ids[row]] = f"in unreadable shard {shard.path}"
         else:
             mismatched = np.flatnonzero(actual != expected[shard.first_row : shard.last_row + 1])
             for local in mismatched:
-                report.bad_samples[ids[shard.first_row + local]] = f"checksum mismatch in shard {shard.path}"
+                bad_id = ids[shard.first_row + local]
+                report.bad_samples[bad_id] = f"checksum mismatch in shard {shard.path}"
             if len(mismatched):
-                report.bad_shards[shard.path] = f"{len(mismatched)} sample(s) do not match their checksums"
+                reasons.append(f"{len(mismatched)} sample(s) do not match their checksums")
+            elif reasons:
+                reasons.append("every sample still reads back correctly")
+        if reasons:
+            report.bad_shards[shard.path] = "; ".join(reasons)
         report.samples_checked += shard.num_rows
         if source is not None:
             _compare_with_source(store, Path(source), shard.first_row, shard.last_row + 1, report)
         if progress:
             progress(shard.num_rows)
     return report
+
+
+def _file_problem(path: Path, shard: ShardInfo) -> str | None:
+    """Why the shard file differs from its manifest entry (size, then CRC32), or None."""
+    try:
+        size = path.stat().st_size
+        if size != shard.nbytes:
+            return f"file has {size} bytes, the manifest says {shard.nbytes} (truncated?)"
+        if file_checksum(path) != shard.file_checksum:
+            return "file bytes do not match the manifest's file checksum (corrupt)"
+    except OSError as exc:
+        return f"cannot read the shard file: {exc.strerror}"
+    return None
 
 
 def _compare_with_source(store: Store, src: Path, start: int, stop: int, report: VerifyReport) -> None:

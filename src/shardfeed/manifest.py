@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import stat
+import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +28,19 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.npz"
 WORK_DIR = ".convert"  # exists only while a conversion is unfinished
+LOCK_NAME = ".lock"  # the converter's lock file; left behind by an interrupted conversion
+MAX_MANIFEST_BYTES = 256 * 2**20
+MAX_CHUNK_BYTES = 2**32  # the converter refuses larger chunks; a reader refuses them too
 
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard: rows [first_row, last_row], its path in the store and a content checksum.
+    """One shard: rows [first_row, last_row], its path in the store and two checksums.
 
     `checksum` is the CRC32 of the shard's per-sample CRC32s (little-endian uint32), so a
     shard verifies by re-reading its samples, independent of the container's own bytes.
+    `file_checksum` is the CRC32 of the whole file (`nbytes` bytes): it also catches damage
+    to container metadata that no sample read would notice (padding, unused index slots).
     """
 
     path: str
@@ -39,6 +48,7 @@ class ShardInfo:
     last_row: int
     nbytes: int
     checksum: int
+    file_checksum: int
 
     @property
     def num_rows(self) -> int:
@@ -90,25 +100,30 @@ class Manifest:
         return json.dumps(data, indent=1, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> Manifest:
+    def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> Manifest:
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge numbers, deep nesting
             raise StoreFormatError(f"{where}: not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise StoreFormatError(f"{where}: not a shardfeed manifest")
         version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if type(version) is not int or version < 1:
+            raise StoreFormatError(f"{where}: format_version {version!r} is not a version number")
+        if version > FORMAT_VERSION:
             raise StoreFormatError(
-                f"{where}: store format version {version!r} is newer than this shardfeed reads "
+                f"{where}: store format version {version} is newer than this shardfeed reads "
                 f"(version {FORMAT_VERSION}); upgrade shardfeed"
             )
+        _check_fields(data, _MANIFEST_FIELDS, where)
+        for k, shard in enumerate(data["shards"]):
+            _check_fields(shard, _SHARD_FIELDS, f"{where}: shards[{k}]")
         try:
-            data["sample_shape"] = tuple(int(d) for d in data["sample_shape"])
+            data["sample_shape"] = tuple(data["sample_shape"])
             data["shards"] = tuple(ShardInfo(**s) for s in data["shards"])
             manifest = cls(**data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreFormatError(f"{where}: malformed manifest: {exc!r}") from exc
+        except TypeError as exc:  # missing or unknown keys
+            raise StoreFormatError(f"{where}: malformed manifest: {exc}") from exc
         manifest.validate(where)
         return manifest
 
@@ -119,26 +134,96 @@ class Manifest:
             problems.append(f"unknown backend {self.backend!r}")
         try:
             dt = np.dtype(self.dtype)
-            if dt.kind not in "biufc" or dt.fields is not None:
-                problems.append(f"dtype {self.dtype!r} not supported")
-        except TypeError:
+        except Exception:  # numpy's dtype parser raises TypeError, ValueError, SyntaxError...
             problems.append(f"invalid dtype {self.dtype!r}")
-        if any(d < 0 for d in self.sample_shape) or self.chunk_rows < 1 or self.shard_rows < 1:
-            problems.append("negative shape or non-positive chunk/shard rows")
-        expected_first = 0
-        for shard in self.shards:
-            if shard.first_row != expected_first or shard.last_row < shard.first_row:
-                problems.append(f"shard {shard.path!r} rows do not follow on from the previous shard")
-                break
-            if ".." in Path(shard.path).parts or Path(shard.path).is_absolute():
-                problems.append(f"shard path {shard.path!r} leaves the store")
-            expected_first = shard.last_row + 1
-        if expected_first != self.num_samples:
-            problems.append(f"shards cover {expected_first} rows but num_samples is {self.num_samples}")
-        if sum(self.splits.values()) != self.num_samples:
+        else:
+            if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
+                problems.append(f"dtype {self.dtype!r} not supported")
+            elif self.chunk_rows * math.prod(self.sample_shape) * dt.itemsize > MAX_CHUNK_BYTES:
+                problems.append(f"chunks of {self.chunk_rows} samples of shape {self.sample_shape} "
+                                f"exceed {MAX_CHUNK_BYTES} bytes")  # fmt: skip
+        if any(d < 1 for d in self.sample_shape) or self.chunk_rows < 1 or self.shard_rows < 1:
+            problems.append("non-positive sample dimensions or chunk/shard rows")
+        elif self.shard_rows % self.chunk_rows:
+            problems.append(f"shard_rows {self.shard_rows} is not a multiple of chunk_rows")
+        problems += self._shard_problems()
+        sizes = self.splits.values()
+        if any(n < 0 for n in sizes) or sum(sizes) != self.num_samples:
             problems.append("split sizes do not add up to num_samples")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if problems:
             raise StoreFormatError(f"{where}: inconsistent manifest: " + "; ".join(problems))
+
+    def _shard_problems(self) -> list[str]:
+        """Shard k must hold rows [k * shard_rows, ...), all but the last one full."""
+        for k, shard in enumerate(self.shards):
+            path = Path(shard.path)
+            if not shard.path or "\0" in shard.path or path.is_absolute() or ".." in path.parts:
+                return [f"shard path {shard.path!r} leaves the store"]
+            first = k * self.shard_rows
+            rows = min(self.shard_rows, self.num_samples - first)
+            if (shard.first_row, shard.num_rows) != (first, rows) or shard.nbytes < 0:
+                return [f"shard {shard.path!r} holds rows {shard.first_row}-{shard.last_row}, "
+                        f"expected {first}-{first + rows - 1}"]  # fmt: skip
+        covered = len(self.shards) * self.shard_rows
+        if not covered - self.shard_rows < self.num_samples <= covered:
+            return [f"{len(self.shards)} shards of {self.shard_rows} rows cannot hold "
+                    f"{self.num_samples} samples"]  # fmt: skip
+        return []
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # JSON true/false are bools, not counts
+
+
+def _is_str(value: Any) -> bool:
+    return type(value) is str
+
+
+def _is_dict(value: Any) -> bool:
+    return type(value) is dict
+
+
+_MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "backend": _is_str,
+    "num_samples": _is_int,
+    "sample_shape": lambda v: type(v) is list and all(map(_is_int, v)),
+    "dtype": _is_str,
+    "chunk_rows": _is_int,
+    "shard_rows": _is_int,
+    "compression": _is_str,
+    "splits": lambda v: _is_dict(v) and all(map(_is_int, v.values())),
+    "shards": lambda v: type(v) is list and all(map(_is_dict, v)),
+    "index_checksum": _is_int,
+    "class_names": lambda v: v is None or (type(v) is list and all(map(_is_str, v))),
+    "num_classes": lambda v: v is None or _is_int(v),
+    "labeled": lambda v: type(v) is bool,
+    "source": _is_dict,
+    "converter": _is_dict,
+}
+_SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "path": _is_str,
+    "first_row": _is_int,
+    "last_row": _is_int,
+    "nbytes": _is_int,
+    "checksum": _is_int,
+    "file_checksum": _is_int,
+}
+
+
+_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter"}
+
+
+def _check_fields(data: dict, fields: dict[str, Callable[[Any], bool]], where: str) -> None:
+    """Refuse a JSON object that lacks a required field or has one of the wrong type."""
+    missing = [name for name in fields if name not in data and name not in _OPTIONAL]
+    if missing:
+        raise StoreFormatError(f"{where}: malformed manifest: missing {', '.join(missing)}")
+    bad = [name for name, ok in fields.items() if name in data and not ok(data[name])]
+    if bad:
+        shown = ", ".join(f"{name}={data[name]!r:.60}" for name in bad)
+        raise StoreFormatError(f"{where}: malformed manifest: wrong type for {shown}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +246,7 @@ class Index:
     @classmethod
     def from_bytes(cls, data: bytes, num_samples: int, where: str = INDEX_NAME) -> Index:
         try:
+            _check_member_sizes(data)
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except Exception as exc:  # zipfile/numpy raise many types on corrupt input
@@ -174,13 +260,55 @@ class Index:
             )
         except KeyError as exc:
             raise StoreFormatError(f"{where}: index lacks array {exc}") from exc
-        for name in ("ids", "split_codes", "checksums", "labels"):
+        kinds = {"ids": "S", "split_codes": "iu", "checksums": "u", "labels": "iu"}
+        for name, kind in kinds.items():
             array = getattr(index, name)
-            if array is not None and array.shape != (num_samples,):
-                raise StoreFormatError(f"{where}: {name} has shape {array.shape}, expected ({num_samples},)")
-        if index.ids.dtype.kind != "S":
-            raise StoreFormatError(f"{where}: ids have dtype {index.ids.dtype}, expected bytes")
+            if array is None:
+                continue
+            if array.shape != (num_samples,):
+                raise StoreFormatError(
+                    f"{where}: {name} has shape {array.shape}, expected ({num_samples},)"
+                )
+            if array.dtype.kind not in kind:
+                raise StoreFormatError(
+                    f"{where}: {name} has dtype {array.dtype}, expected kind {kind!r}"
+                )
         return index
+
+    def check(self, manifest: Manifest, where: str) -> None:
+        """Refuse an index that disagrees with its manifest's splits, classes or labeling."""
+        codes, num_splits = self.split_codes, len(manifest.splits)
+        if len(codes) and (codes.min() < 0 or codes.max() >= num_splits):
+            raise StoreFormatError(f"{where}: split codes outside 0-{num_splits - 1}")
+        counts = np.bincount(codes.astype(np.int64), minlength=num_splits).tolist()
+        expected = list(manifest.splits.values())
+        if counts != expected:
+            raise StoreFormatError(f"{where}: split sizes {counts}, manifest: {expected}")
+        if (self.labels is not None) != manifest.labeled:
+            raise StoreFormatError(f"{where}: labels present: {self.labels is not None}, "
+                                   f"but the manifest says labeled={manifest.labeled}")  # fmt: skip
+        labels, num_classes = self.labels, manifest.num_classes
+        known = labels is not None and len(labels) and num_classes is not None
+        if known and (labels.min() < 0 or labels.max() >= num_classes):
+            raise StoreFormatError(f"{where}: labels outside 0-{num_classes - 1}")
+
+
+def _check_member_sizes(data: bytes) -> None:
+    """Read each array's header first: numpy allocates what a header claims before reading, so a
+    member claiming more than the whole index file holds is refused before any allocation."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for member in archive.infolist():
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"{member.filename}: .npy version {version} not supported")
+                read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+                shape, _, dtype = read_header(f, max_header_size=10_000)
+            if dtype.hasobject:
+                raise ValueError(f"{member.filename}: object array (a pickle) refused")
+            if math.prod(shape) * dtype.itemsize > len(data):
+                raise ValueError(f"{member.filename}: header claims {shape} {dtype.str}, more than "
+                                 f"the whole {len(data)}-byte index holds")  # fmt: skip
 
 
 def checksum(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
@@ -192,14 +320,31 @@ def shard_checksum(sample_checksums: np.ndarray) -> int:
     return checksum(np.ascontiguousarray(sample_checksums, dtype="<u4").tobytes())
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file, fsync, rename, fsync the directory."""
+def file_checksum(path: Path) -> int:
+    """CRC32 of a whole file, read in blocks."""
+    value = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            value = checksum(block, value)
+    return value
+
+
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write through a temporary file, fsync, rename, fsync the directory.
+
+    The temporary file (`.NAME.tmp-PID`, a name `--resume` removes) is deleted when writing
+    fails, for example when the disk is full.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -214,24 +359,47 @@ def fsync_dir(path: Path) -> None:
 def load_manifest(root: Path) -> Manifest:
     """The manifest of the store at `root`, refusing a missing or unfinished store."""
     path = root / MANIFEST_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         if not root.exists():
             raise StoreNotFoundError(f"{root}: no such store")
-        if (root / WORK_DIR).exists():
+        if (root / WORK_DIR).exists() or (root / LOCK_NAME).exists():
             raise StoreNotFinalizedError(
-                f"{root}: store is not finalized (its conversion was interrupted or is still running); "
-                f"finish it with 'shardfeed convert ... --resume'"
+                f"{root}: store is not finalized (its conversion was interrupted or is still "
+                f"running); finish it with 'shardfeed convert ... --resume'"
             )
         raise StoreNotFoundError(f"{root}: not a shardfeed store (no {MANIFEST_NAME})")
-    return Manifest.from_json(path.read_text(encoding="utf-8"), str(path))
+    return Manifest.from_json(read_store_file(path, "manifest", MAX_MANIFEST_BYTES), str(path))
 
 
 def load_index(root: Path, manifest: Manifest) -> Index:
     path = root / INDEX_NAME
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StoreFormatError(f"{path}: cannot read index: {exc.strerror}") from exc
+    return parse_index(read_store_file(path, "index"), manifest, str(path))
+
+
+def parse_index(data: bytes, manifest: Manifest, path: str) -> Index:
+    """The index from its bytes, checked against the manifest's checksum and sizes."""
     if checksum(data) != manifest.index_checksum:
-        raise StoreFormatError(f"{path}: index checksum does not match the manifest (corrupt index)")
-    return Index.from_bytes(data, manifest.num_samples, str(path))
+        raise StoreFormatError(
+            f"{path}: index checksum does not match the manifest (corrupt index)"
+        )
+    index = Index.from_bytes(data, manifest.num_samples, path)
+    index.check(manifest, path)
+    return index
+
+
+def read_store_file(path: Path, what: str, max_bytes: int | None = None) -> bytes:
+    """Bytes of a regular file of a store; never blocks on a FIFO or reads a device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise StoreFormatError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreFormatError(f"{path}: {what} is not a regular file")
+        if max_bytes is not None and size > max_bytes:
+            raise StoreFormatError(f"{path}: {what} of {size} bytes exceeds {max_bytes} bytes")
+        try:
+            return f.read()
+        except OSError as exc:
+            raise StoreFormatError(f"{path}: cannot read {what}: {exc.strerror}") from exc

@@ -8,6 +8,7 @@ returns a `ShardRecord`: the shard's manifest entry plus each sample's checksum.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,8 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Layout, get_backend
-from .errors import InputError
-from .manifest import ShardInfo, checksum, shard_checksum
+from .errors import DiskFullError, InputError
+from .faults import fault_point
+from .manifest import ShardInfo, checksum, file_checksum, shard_checksum
+
+# "No space left", "disk quota exceeded", "file too large" (a file-size limit, `ulimit -f`).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
     progress = progress or _NoProgress()
     layout = task.layout
     backend = get_backend(task.backend)
+    path = backend.shard_path(layout, task.shard)
     writer = backend.open_writer(Path(task.root), layout, task.shard)
     block = np.empty((layout.chunk_rows, *layout.sample_shape), dtype=layout.dtype)
     checksums = np.empty(len(task.samples), dtype=np.uint32)
@@ -72,21 +78,30 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
         for start in range(0, len(task.samples), layout.chunk_rows):
             refs = task.samples[start : start + layout.chunk_rows]
             for i, ref in enumerate(refs):
-                read_sample(ref, block[i], source_dtype)
-                checksums[start + i] = checksum(block[i])
+                sample = block[i, ...]  # a view even for 0-d samples, where block[i] is a copy
+                read_sample(ref, sample, source_dtype)
+                checksums[start + i] = checksum(sample)
             writer.write(block[: len(refs)])
             progress.add(len(refs))
+        fault_point("shard-written")
         nbytes = writer.close()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(
+                f"{Path(task.root) / path}: {exc.strerror} while writing shard {task.shard} "
+                f"({len(task.samples) * layout.sample_nbytes} bytes of samples)"
+            ) from exc
         raise
+    fault_point("shard-renamed")
     first = task.shard * layout.shard_rows
     info = ShardInfo(
-        path=backend.shard_path(layout, task.shard),
+        path=path,
         first_row=first,
         last_row=first + len(task.samples) - 1,
         nbytes=nbytes,
         checksum=shard_checksum(checksums),
+        file_checksum=file_checksum(Path(task.root) / path),
     )
     return ShardRecord(info, checksums)
 

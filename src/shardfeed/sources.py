@@ -26,6 +26,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 MAX_HEADER_BYTES = 10_000
 SUPPORTED_KINDS = "biufc"
 DEFAULT_SPLIT = "all"
+MAX_LABEL = 2**31 - 1  # labels become one-hot vectors of max(label) + 1 entries
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,8 @@ def read_npy_header(path: Path, sample_id: str) -> NpyHeader:
         except InputError:
             raise
         except Exception as exc:  # numpy raises ValueError, SyntaxError, TypeError... on bad headers
-            raise InputError(f"{path}: sample {sample_id!r}: invalid .npy header: {exc}") from exc
+            reason = " ".join(str(exc).split())  # numpy's messages span lines; ours are one line
+            raise InputError(f"{path}: sample {sample_id!r}: invalid .npy header: {reason}") from exc
         data_offset = f.tell()
     return _checked_header(path, sample_id, shape, fortran, dtype, data_offset, info.st_size)
 
@@ -165,6 +167,8 @@ def _checked_header(path, sample_id, shape, fortran, dtype, data_offset, file_si
         raise InputError(f"{where}: dtype {dtype.str} not supported; expected bool, integer, float or complex")
     if not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(f"{where}: header shape {shape} has negative or non-integer dimensions")
+    if 0 in shape:
+        raise InputError(f"{where}: shape {shape} holds no values; expected non-empty samples")
     expected = math.prod(shape) * dtype.itemsize
     actual = file_size - data_offset
     if expected != actual:
@@ -188,8 +192,11 @@ def resolve_sample_path(src_root: Path, sample_id: str) -> Path:
         target = Path(os.path.realpath(path))
         if not target.is_relative_to(src_root):
             raise InputError(f"{path}: sample {sample_id!r} is a symlink to {target}, outside {src_root}")
+        try:
+            info = os.lstat(target)
+        except OSError as exc:
+            raise InputError(f"{path}: sample {sample_id!r} is a symlink to {target}: {exc.strerror}") from exc
         path = target
-        info = os.lstat(path)
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{path}: sample {sample_id!r} is not a regular file")
     return path
@@ -282,6 +289,10 @@ def _encode_labels(
         negative = [i for i in ids if labels[i] < 0]
         if negative:
             raise InputError(f"labels: ID {negative[0]!r} has negative label {labels[negative[0]]}")
+        huge = [i for i in ids if labels[i] > MAX_LABEL]
+        if huge:
+            raise InputError(f"labels: ID {huge[0]!r} has label {labels[huge[0]]}; integer labels "
+                             f"are class numbers from 0 to {MAX_LABEL}")  # fmt: skip
         return {i: labels[i] for i in ids}, None, max(values) + 1
     if all(isinstance(v, str) for v in values):
         class_names = sorted(set(values))
@@ -298,9 +309,10 @@ def _encode_labels(
 def _load_json(path: Path, what: str):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: also bad UTF-8, huge ints
         raise InputError(f"{path}: cannot read {what} JSON: {exc}") from exc
 
 
 def _is_int(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    return text.lstrip("-").isascii() and text.lstrip("-").isdigit() and len(text) < 20

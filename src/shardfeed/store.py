@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from .backends import ShardReader, get_backend
-from .errors import ChecksumError, ShardNotFoundError, UnknownIDError, UnknownSplitError
+from .errors import (
+    ChecksumError,
+    ShardNotFoundError,
+    StoreFormatError,
+    UnknownIDError,
+    UnknownSplitError,
+)
+from .location import RemoteLocation, is_url, local_root
 from .manifest import Index, Manifest, checksum, load_index, load_manifest
 
 
@@ -30,12 +37,26 @@ class Store:
         verify: check each sample read against its CRC32 from the index (costs one CRC pass).
     """
 
-    def __init__(self, path: str | os.PathLike, *, fast: bool = True, verify: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fast: bool = True,
+        verify: bool = False,
+        storage_options: dict | None = None,
+    ) -> None:
         self.fast = fast
         self.verify = verify
-        self.manifest: Manifest = load_manifest(self.path)
-        self._index: Index = load_index(self.path, self.manifest)
+        if is_url(path):
+            self.location: RemoteLocation | None = RemoteLocation(str(path), storage_options)
+            self.path: Path | str = self.location.url
+            self.manifest: Manifest = self.location.load_manifest()
+            self._index: Index = self.location.load_index(self.manifest)
+        else:
+            self.location = None
+            self.path = local_root(path)
+            self.manifest = load_manifest(self.path)
+            self._index = load_index(self.path, self.manifest)
         self._shard_starts = self.manifest.shard_starts
         self._readers: dict[int, ShardReader] = {}
         self._readers_pid = os.getpid()
@@ -108,6 +129,8 @@ class Store:
         pos = np.searchsorted(sorted_ids, keys)
         pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
         found = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == keys)
+        # NumPy bytes arrays drop trailing NULs, so b"a\x00" would match b"a"; no ID ends in NUL.
+        found &= np.array([not w.endswith(b"\x00") for w in wanted])
         if not found.all():
             missing = [wanted[k].decode() for k in np.flatnonzero(~found)[:10]]
             raise UnknownIDError(f"{self.path}: {int((~found).sum())} unknown sample ID(s): {missing}")
@@ -183,8 +206,14 @@ class Store:
 
     def _open_reader(self, shard: int) -> ShardReader:
         info = self.manifest.shards[shard]
-        if not (self.path / info.path).is_file():
-            raise ShardNotFoundError(f"{self.path / info.path}: shard {shard} is missing")
+        if self.location is not None:
+            return get_backend(self.backend).open_remote_reader(self.location, self.manifest, info, self.fast)
+        path = self.path / info.path
+        if not path.is_file():
+            raise ShardNotFoundError(f"{path}: shard {shard} is missing")
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(os.path.realpath(self.path)):
+            raise StoreFormatError(f"{path}: shard {shard} links to {target}, outside the store")
         backend = get_backend(self.backend)
         return backend.open_reader(self.path, self.manifest, info, self.fast)
 
@@ -202,6 +231,11 @@ class Store:
         self.close()
 
 
-def open_store(path: str | os.PathLike, *, fast: bool = True, verify: bool = False) -> Store:
-    """Open a finalized store; refuses an unfinished store or one of a newer format version."""
-    return Store(path, fast=fast, verify=verify)
+def open_store(
+    path: str | os.PathLike, *, fast: bool = True, verify: bool = False, storage_options: dict | None = None
+) -> Store:
+    """Open a finalized store (a directory, or for Zarr an fsspec URL such as `s3://bucket/x.zarr`).
+
+    Refuses an unfinished store or one of a newer format version.
+    """
+    return Store(path, fast=fast, verify=verify, storage_options=storage_options)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import OptionError
 from ..manifest import Manifest, ShardInfo
 
 
@@ -77,6 +78,25 @@ class Backend(ABC):
     @abstractmethod
     def open_reader(self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
         """A reader; `fast` reads chunk bytes directly, otherwise through the library."""
+
+    def prepare_remote(self, location, layout: Layout) -> None:
+        """`prepare` for a store at an fsspec URL."""
+        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
+
+    def open_remote_writer(self, location, layout: Layout, shard: int) -> ShardWriter:
+        """`open_writer` for a store at an fsspec URL."""
+        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
+
+    def open_remote_reader(self, location, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
+        """`open_reader` for a store at an fsspec URL."""
+        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
+
+
+REMOTE_REFUSAL = (
+    "{url}: {name} stores must be local paths: reading HDF5 over object storage costs several "
+    "small range requests per chunk. Convert with --format zarr for object storage, or copy the "
+    "store to a local disk"
+)
 
 
 def chunk_groups(local_rows: np.ndarray, chunk_rows: int) -> list[tuple[int, int, int]]:

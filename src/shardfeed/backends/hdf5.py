@@ -1,21 +1,23 @@
 """HDF5 backend: one file per shard (`shards/shard-00000.h5`), dataset `x` chunked along axis 0.
 
-Each shard is written under a `.partial` name, fsynced and renamed: HDF5 files do not
-survive a crash mid-write (RELIABILITY.md), so an unfinished shard never has its final name.
-Files are opened without HDF5's own locking, which fails on NFS/Lustre; our lock file guards
-conversions instead.
+Each shard is built in memory (HDF5's core driver) and written by `write_atomic`: under a
+temporary name, fsynced, then renamed. HDF5 files do not survive a crash mid-write
+(RELIABILITY.md), so an unfinished shard never has its final name; and libhdf5 never writes
+to disk itself, because after a failed write (disk full) closing the file crashed the process
+with a segmentation fault, where a write from Python fails with a clean `OSError`. Files are
+read without HDF5's own locking, which fails on NFS/Lustre; our lock file guards conversions.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..errors import StoreFormatError
-from ..manifest import Manifest, ShardInfo, fsync_dir
+from ..manifest import Manifest, ShardInfo, write_atomic
 from .base import Backend, Layout, ShardReader, ShardWriter, copy_rows_from_chunks
 from .rawchunks import RawChunkReader, zlib_decoder
 
@@ -34,16 +36,23 @@ class HDF5Backend(Backend):
         # docstring inherited
         return HDF5ShardWriter(root / self.shard_path(layout, shard), layout, shard)
 
-    def open_reader(self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
+    def open_reader(
+        self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
+    ) -> ShardReader:
         # docstring inherited
         path = root / shard.path
-        with h5py.File(path, "r", locking=False) as f:
-            dset = _checked_dataset(f, path, manifest, shard)
-            chunk_rows = dset.chunks[0]  # a shard smaller than chunk_rows has one smaller chunk
-            if fast:
-                offsets, sizes = _chunk_ranges(dset)
-        if not fast:
-            return HDF5LibraryReader(path, chunk_rows)
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                dset = _checked_dataset(f, path, manifest, shard)
+                chunk_rows = dset.chunks[0]  # a shard smaller than chunk_rows has one smaller chunk
+                if fast:
+                    offsets, sizes = _chunk_ranges(dset)
+            if not fast:
+                return HDF5LibraryReader(path, chunk_rows)
+        except StoreFormatError:
+            raise
+        except Exception as exc:  # h5py reports damage as OSError, KeyError, RuntimeError...
+            raise StoreFormatError(f"{path}: not a readable HDF5 shard: {exc}") from exc
         decode = zlib_decoder(15) if manifest.compression == "gzip" else None
         return RawChunkReader(
             path, offsets, sizes, chunk_rows, manifest.sample_shape, manifest.np_dtype, decode
@@ -55,9 +64,9 @@ class HDF5ShardWriter(ShardWriter):
         first = shard * layout.shard_rows
         rows = min(layout.shard_rows, layout.num_samples - first)
         self._final = final_path
-        self._tmp = final_path.with_name(final_path.name + ".partial")
-        self._tmp.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self._tmp, "w", locking=False, libver=("earliest", "v110"))
+        self._file = h5py.File(
+            final_path, "w", driver="core", backing_store=False, libver=("earliest", "v110")
+        )
         options = {}
         dcpl = None
         if layout.compression == "gzip":
@@ -87,23 +96,18 @@ class HDF5ShardWriter(ShardWriter):
     def close(self) -> int:
         # docstring inherited
         if self._next != self._dset.shape[0]:
-            raise RuntimeError(f"{self._tmp}: {self._next} of {self._dset.shape[0]} rows written")
+            raise RuntimeError(f"{self._final}: {self._next} of {self._dset.shape[0]} rows written")
+        self._file.flush()
+        image = self._file.id.get_file_image()
         self._file.close()
-        fd = os.open(self._tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self._tmp, self._final)
-        fsync_dir(self._final.parent)
-        return self._final.stat().st_size
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._final, image)
+        return len(image)
 
     def abort(self) -> None:
         # docstring inherited
-        try:
+        with contextlib.suppress(Exception):  # an in-memory file: nothing on disk to clean up
             self._file.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
 
 
 class HDF5LibraryReader(ShardReader):
@@ -122,7 +126,10 @@ class HDF5LibraryReader(ShardReader):
         start = chunk * self._chunk_rows
         stop = min(start + self._chunk_rows, self._dset.shape[0])
         buf = np.empty((stop - start, *self._dset.shape[1:]), dtype=self._dset.dtype)
-        self._dset.read_direct(buf, np.s_[start:stop])
+        try:
+            self._dset.read_direct(buf, np.s_[start:stop])
+        except Exception as exc:  # h5py reports damage as OSError, RuntimeError...
+            raise StoreFormatError(f"{self._file.filename}: chunk {chunk}: {exc}") from exc
         return buf
 
     def close(self) -> None:
@@ -130,14 +137,18 @@ class HDF5LibraryReader(ShardReader):
         self._file.close()
 
 
-def _checked_dataset(f: h5py.File, path: Path, manifest: Manifest, shard: ShardInfo) -> h5py.Dataset:
+def _checked_dataset(
+    f: h5py.File, path: Path, manifest: Manifest, shard: ShardInfo
+) -> h5py.Dataset:
     """Refuse a shard whose dataset differs from the manifest, or that points outside the file."""
-    dset = f.get(DATASET, getlink=False)
-    if not isinstance(dset, h5py.Dataset):
+    link = f.get(DATASET, getlink=True)  # the link itself: following an external one opens a file
+    if link is None:
         raise StoreFormatError(f"{path}: no dataset {DATASET!r}")
-    link = f.get(DATASET, getlink=True)
     if not isinstance(link, h5py.HardLink):
         raise StoreFormatError(f"{path}: {DATASET!r} is an external or soft link, refused")
+    dset = f[DATASET]
+    if not isinstance(dset, h5py.Dataset):
+        raise StoreFormatError(f"{path}: {DATASET!r} is not a dataset")
     expected_shape = (shard.num_rows, *manifest.sample_shape)
     problems = []
     if dset.shape != expected_shape:
@@ -146,13 +157,25 @@ def _checked_dataset(f: h5py.File, path: Path, manifest: Manifest, shard: ShardI
         problems.append(f"dtype {dset.dtype.str}, expected {manifest.dtype}")
     if dset.is_virtual or dset.external:
         problems.append("virtual or external storage")
-    if dset.chunks is None or dset.chunks[0] != min(manifest.chunk_rows, shard.num_rows):
-        problems.append(f"chunks {dset.chunks}, expected {manifest.chunk_rows} rows")
-    if (dset.compression or "none") != manifest.compression:
-        problems.append(f"compression {dset.compression}, expected {manifest.compression}")
+    expected_chunks = (min(manifest.chunk_rows, shard.num_rows), *manifest.sample_shape)
+    if dset.chunks != expected_chunks:
+        problems.append(f"chunks {dset.chunks}, expected {expected_chunks}")
+    filters, expected_filters = _filters(dset), EXPECTED_FILTERS.get(manifest.compression)
+    if filters != expected_filters:
+        problems.append(f"filters {filters}, expected {expected_filters} ({manifest.compression})")
     if problems:
-        raise StoreFormatError(f"{path}: dataset does not match the manifest: " + "; ".join(problems))
+        reasons = "; ".join(problems)
+        raise StoreFormatError(f"{path}: dataset does not match the manifest: {reasons}")
     return dset
+
+
+EXPECTED_FILTERS = {"none": [], "gzip": [h5py.h5z.FILTER_DEFLATE]}
+
+
+def _filters(dset: h5py.Dataset) -> list[int]:
+    """The dataset's filter pipeline (any other filter would make raw chunk bytes wrong)."""
+    plist = dset.id.get_create_plist()
+    return [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
 
 
 def _chunk_ranges(dset: h5py.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -3,27 +3,58 @@
 Each conversion task writes one whole Zarr shard in a single assignment (a partial write to a
 sharded array would read, merge and rewrite the shard). Zarr's local store already writes
 through a `.partial` file and a rename. Readers trust the manifest, never `array.shape`
-(RELIABILITY.md: a crash can leave the shape grown and the last block reading as fill values).
+(RELIABILITY.md: a crash can leave the shape grown and the last block reading as fill values),
+and check the array's metadata against it before zarr reads anything else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import os
+import stat
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 import zarr
 import zarr.codecs
+import zarr.registry
 
 from ..errors import StoreFormatError
-from ..manifest import Manifest, ShardInfo
+from ..manifest import Manifest, ShardInfo, fsync_dir
 from .base import Backend, Layout, ShardReader, ShardWriter, copy_rows_from_chunks
 from .rawchunks import Decoder, RawChunkReader, zlib_decoder
 
 ARRAY = "x"
 MISSING = 2**64 - 1
-CODEC_ALLOW_LIST = {"bytes", "zstd", "gzip", "blosc"}
+MAX_METADATA_BYTES = 1 << 20
+COMPRESSOR_CODECS = {"none": [], "zstd": ["zstd"], "gzip": ["gzip"], "lz4": ["blosc"]}
+LITTLE_ENDIAN_BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
+INDEX_CODECS = [LITTLE_ENDIAN_BYTES, {"name": "crc32c"}]
+
+
+class DeterministicGzipCodec(zarr.codecs.GzipCodec):
+    """zarr's gzip codec without the time stamp numcodecs writes into every chunk's header.
+
+    The same samples then give the same shard bytes in every run, so a resumed conversion
+    equals an uninterrupted one byte for byte (file checksums included). Writers select it
+    through zarr's codec configuration; the stored codec is plain "gzip".
+    """
+
+    async def _encode_single(self, chunk_bytes, chunk_spec):
+        data = chunk_bytes.as_numpy_array()
+        encoded = await asyncio.to_thread(gzip.compress, data, self.level, mtime=0)
+        return chunk_spec.prototype.buffer.from_bytes(encoded)
+
+
+zarr.registry.register_codec("gzip", DeterministicGzipCodec)
+WRITE_CONFIG = {
+    # Not stored with the array: without it, a shard whose samples are all zero (the fill value)
+    # is silently not written at all.
+    "array.write_empty_chunks": True,
+    "codecs.gzip": zarr.registry.fully_qualified_name(DeterministicGzipCodec),
+}
 
 
 def _compressors(compression: str):
@@ -61,28 +92,25 @@ class ZarrBackend(Backend):
 
     def prepare(self, root: Path, layout: Layout) -> None:
         # docstring inherited
-        group = zarr.open_group(store=str(root), mode="a", zarr_format=3)
-        group.create_array(
-            ARRAY,
-            shape=(layout.num_samples, *layout.sample_shape),
-            chunks=(layout.chunk_rows, *layout.sample_shape),
-            shards=(layout.shard_rows, *layout.sample_shape),
-            dtype=layout.dtype,
-            compressors=_compressors(layout.compression),
-            filters=None,
-            fill_value=0,
-            overwrite=True,
-            config={"write_empty_chunks": True},
-        )
+        _create_array(zarr.open_group(store=str(root), mode="a", zarr_format=3), layout)
 
     def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
         # docstring inherited
         return ZarrShardWriter(root, layout, shard, root / self.shard_path(layout, shard))
 
-    def open_reader(self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
+    def open_reader(
+        self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
+    ) -> ShardReader:
         # docstring inherited
-        array = zarr.open_array(store=str(root / ARRAY), mode="r", zarr_format=3)
-        _check_array(array, root, manifest)
+        metadata = root / ARRAY / "zarr.json"
+        info = os.stat(metadata) if os.path.lexists(metadata) else None
+        if info is None or not stat.S_ISREG(info.st_mode) or info.st_size > MAX_METADATA_BYTES:
+            raise StoreFormatError(f"{metadata}: missing, not a regular file, or too large")
+        try:
+            array = zarr.open_array(store=str(root / ARRAY), mode="r", zarr_format=3)
+        except Exception as exc:  # zarr raises many types for bad metadata (unknown codecs...)
+            raise StoreFormatError(f"{metadata}: unreadable array metadata: {exc}") from exc
+        _check_array(array, str(root / ARRAY), manifest)
         if not fast:
             return ZarrLibraryReader(array, shard.first_row, manifest.chunk_rows)
         path = root / shard.path
@@ -99,14 +127,50 @@ class ZarrBackend(Backend):
         )
 
 
+    def prepare_remote(self, location, layout: Layout) -> None:
+        # docstring inherited
+        from .zarr_remote import prepare_remote
+
+        prepare_remote(location, layout)
+
+    def open_remote_writer(self, location, layout: Layout, shard: int) -> ShardWriter:
+        # docstring inherited
+        from .zarr_remote import RemoteZarrShardWriter
+
+        return RemoteZarrShardWriter(location, layout, shard, self.shard_path(layout, shard))
+
+    def open_remote_reader(self, location, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
+        # docstring inherited
+        from .zarr_remote import open_remote_reader
+
+        return open_remote_reader(location, manifest, shard, fast)
+
+
+def _create_array(group: zarr.Group, layout: Layout) -> None:
+    group.create_array(
+        ARRAY,
+        shape=(layout.num_samples, *layout.sample_shape),
+        chunks=(layout.chunk_rows, *layout.sample_shape),
+        shards=(layout.shard_rows, *layout.sample_shape),
+        dtype=layout.dtype,
+        compressors=_compressors(layout.compression),
+        filters=None,
+        fill_value=0,
+        overwrite=True,
+        config={"write_empty_chunks": True},
+    )
+
+
 class ZarrShardWriter(ShardWriter):
     def __init__(self, root: Path, layout: Layout, shard: int, shard_file: Path) -> None:
-        self._array = zarr.open_array(store=str(root / ARRAY), mode="r+", zarr_format=3)
+        with zarr.config.set(WRITE_CONFIG):
+            self._array = zarr.open_array(store=str(root / ARRAY), mode="r+", zarr_format=3)
         self._first = shard * layout.shard_rows
         rows = min(layout.shard_rows, layout.num_samples - self._first)
         self._buffer = np.empty((rows, *layout.sample_shape), dtype=layout.dtype)
         self._next = 0
         self._shard_file = shard_file
+        self._root = root
 
     def write(self, block: np.ndarray) -> None:
         # docstring inherited
@@ -117,6 +181,9 @@ class ZarrShardWriter(ShardWriter):
         # docstring inherited
         if self._next != len(self._buffer):
             raise RuntimeError(f"{self._shard_file}: {self._next} of {len(self._buffer)} rows written")
+        # A leftover shard (no record: a rerun after a crash) would be read and merged; it may
+        # be damaged, and the new one replaces all of it anyway.
+        self._shard_file.unlink(missing_ok=True)
         self._array[self._first : self._first + len(self._buffer)] = self._buffer
         self._buffer = None
         fd = os.open(self._shard_file, os.O_RDONLY)
@@ -124,6 +191,8 @@ class ZarrShardWriter(ShardWriter):
             os.fsync(fd)
         finally:
             os.close(fd)
+        for directory in self._shard_file.relative_to(self._root).parents:  # new directories too
+            fsync_dir(self._root / directory)
         return self._shard_file.stat().st_size
 
     def abort(self) -> None:
@@ -145,14 +214,17 @@ class ZarrLibraryReader(ShardReader):
 
     def _read_chunk(self, chunk: int) -> np.ndarray:
         start = self._first + chunk * self._chunk_rows
-        return self._array[start : start + self._chunk_rows]
+        try:
+            return self._array[start : start + self._chunk_rows]
+        except Exception as exc:  # zarr and its codecs raise their own types on damaged shards
+            raise StoreFormatError(f"{self._array.store}: rows {start}+: {exc}") from exc
 
     def close(self) -> None:
         # docstring inherited
         self._array = None
 
 
-def _check_array(array: zarr.Array, root: Path, manifest: Manifest) -> None:
+def _check_array(array: zarr.Array, where: str, manifest: Manifest) -> None:
     """Refuse metadata that disagrees with the manifest (a chunk bomb declares huge chunks)."""
     expected_shape = (manifest.num_samples, *manifest.sample_shape)
     problems = []
@@ -164,11 +236,28 @@ def _check_array(array: zarr.Array, root: Path, manifest: Manifest) -> None:
         problems.append(f"chunks {array.chunks}, expected {manifest.chunk_rows} rows")
     if array.shards != (manifest.shard_rows, *manifest.sample_shape):
         problems.append(f"shards {array.shards}, expected {manifest.shard_rows} rows")
-    names = {c.to_dict()["name"] for sharding in array.metadata.codecs for c in getattr(sharding, "codecs", ())}
-    if not names <= CODEC_ALLOW_LIST:
-        problems.append(f"codecs {sorted(names - CODEC_ALLOW_LIST)} not allowed")
+    problems += _codec_problems([c.to_dict() for c in array.metadata.codecs], manifest.compression)
     if problems:
-        raise StoreFormatError(f"{root / ARRAY}: array does not match the manifest: " + "; ".join(problems))
+        reasons = "; ".join(problems)
+        raise StoreFormatError(f"{where}: array does not match the manifest: {reasons}")
+
+
+def _codec_problems(codecs: list[dict], compression: str) -> list[str]:
+    """Exactly what `prepare` writes: sharding, index at the end, little-endian, our compressor."""
+    names = [c.get("name") for c in codecs]
+    if names != ["sharding_indexed"]:
+        return [f"codecs {names}, expected ['sharding_indexed']"]
+    config = codecs[0].get("configuration", {})
+    index_codecs = list(config.get("index_codecs", ()))
+    if config.get("index_location") != "end" or index_codecs != INDEX_CODECS:
+        return ["shard index codecs or location differ from what shardfeed writes"]
+    inner = list(config.get("codecs", ()))
+    expected = ["bytes", *COMPRESSOR_CODECS[compression]]
+    if [c.get("name") for c in inner] != expected:
+        return [f"codecs {[c.get('name') for c in inner]}, expected {expected}"]
+    if inner[0].get("configuration", {}).get("endian", "little") != "little":
+        return ["byte order is not little-endian"]
+    return []
 
 
 def _shard_index(path: Path, chunks_per_shard: int, num_chunks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,12 +269,17 @@ def _shard_index(path: Path, chunks_per_shard: int, num_chunks: int) -> tuple[np
             if f.tell() < index_nbytes:
                 raise StoreFormatError(f"{path}: shard is shorter than its index (truncated)")
             f.seek(-index_nbytes, os.SEEK_END)
-            raw = f.read(index_nbytes - 4)
+            tail = f.read(index_nbytes)
     except FileNotFoundError as exc:
         raise StoreFormatError(f"{path}: shard file missing") from exc
-    pairs = np.frombuffer(raw, dtype="<u8").reshape(chunks_per_shard, 2)[:num_chunks]
+    return parse_shard_index(tail, str(path), chunks_per_shard, num_chunks)
+
+
+def parse_shard_index(tail: bytes, where: str, chunks_per_shard: int, num_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and sizes from the last bytes of a shard (its index, then a CRC32C we skip)."""
+    pairs = np.frombuffer(tail[: chunks_per_shard * 16], dtype="<u8").reshape(chunks_per_shard, 2)[:num_chunks]
     if (pairs == MISSING).any():
-        raise StoreFormatError(f"{path}: shard index lacks chunks that hold samples (corrupt shard)")
+        raise StoreFormatError(f"{where}: shard index lacks chunks that hold samples (corrupt shard)")
     if (pairs > np.iinfo(np.int64).max).any():
-        raise StoreFormatError(f"{path}: shard index holds impossible offsets (corrupt shard)")
+        raise StoreFormatError(f"{where}: shard index holds impossible offsets (corrupt shard)")
     return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)

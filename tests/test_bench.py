@@ -1,0 +1,138 @@
+"""`shardfeed bench` and the measurement harness: the table's structure, never its timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shardfeed.batches import BatchSource
+from shardfeed.bench import COLUMNS, CpuMonitor, MmapLimit, Result, format_table, write_limit_npy
+from shardfeed.cli import main
+from shardfeed.store import open_store
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """Reader name -> cells, from the aligned text table (columns split on 2+ spaces)."""
+    import re
+
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = re.split(r"\s{2,}", lines[0].strip())
+    assert header == list(COLUMNS)
+    rows = {}
+    for line in lines[1:]:
+        if line.startswith("NOISY"):
+            continue
+        cells = re.split(r"\s{2,}", line.strip())
+        assert len(cells) == len(COLUMNS), line
+        rows[cells[1]] = cells
+    return rows
+
+
+@pytest.mark.parametrize("shuffle", ["global", "block"])
+def test_bench_prints_limit_and_store_rows_with_ratios(small_store, backend, shuffle, capsys):
+    store, _ = small_store
+    args = ["--batch-size", "8", "--shuffle", shuffle, "--seconds", "0.2"]
+    assert main(["bench", str(store), *args]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert set(rows) == {f"mmap limit ({shuffle})", f"shardfeed {backend} ({shuffle})"}
+    for cells in rows.values():
+        samples_per_s, mb_per_s = (float(c.replace(",", "")) for c in cells[2:4])
+        assert samples_per_s > 0 and mb_per_s > 0
+        assert float(cells[5]) > 0  # x limit is a number
+        assert cells[4] == "-"  # no tutorial reference for a lone store
+    assert float(rows[f"mmap limit ({shuffle})"][5]) == 1.0
+
+
+def test_bench_json_lines(small_store, capsys):
+    store, _ = small_store
+    assert main(["bench", str(store), "--batch-size", "8", "--seconds", "0.2", "--json"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["section"] for r in results] == ["readers", "readers"]
+    assert all(isinstance(r["vs_limit"], float) and len(r["rounds"]) == 3 for r in results)
+
+
+def test_bench_rejects_bad_budget(small_store, capsys):
+    store, _ = small_store
+    assert main(["bench", str(store), "--seconds", "0"]) == 2
+    assert "--seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["zarr"], indirect=True)
+def test_bench_subprocess_does_not_import_keras(small_store):
+    store, _ = small_store
+    code = (
+        "import sys; from shardfeed.cli import main; "
+        f"rc = main(['bench', {str(store)!r}, '--batch-size', '8', '--seconds', '0.1']); "
+        "heavy = 'keras' in sys.modules or 'tensorflow' in sys.modules; "
+        "print('KERAS' if heavy else 'NO-KERAS', rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "NO-KERAS 0"
+    assert "mmap limit (global)" in done.stdout
+
+
+def test_limit_makes_the_same_batches_as_the_store(small_store, tmp_path):
+    store_path, _ = small_store
+    store = open_store(store_path)
+    source = BatchSource(store, split="train", batch_size=8, seed=3)
+    positions = write_limit_npy(store, source.rows, tmp_path / "limit.npy")
+    limit = MmapLimit(tmp_path / "limit.npy", source, positions)
+    for index in range(source.num_batches):
+        x, y = source.batch(1, index)
+        order = np.argsort(source.batch_rows(1, index), kind="stable")
+        lx, ly = limit.batch(1, index)  # rows sorted within the batch
+        np.testing.assert_array_equal(lx, x[order])
+        np.testing.assert_array_equal(ly, y[order])
+
+
+def test_cpu_monitor_reports_shares_between_zero_and_one():
+    if not CpuMonitor.available:
+        pytest.skip("no /proc/stat")
+    with CpuMonitor() as cpu:
+        sum(i * i for i in range(200_000))
+    assert cpu.own_s is not None and cpu.own_s >= 0
+    assert 0.0 <= cpu.other <= 1.0
+
+
+def test_format_table_marks_noisy_rows_and_markdown_has_one_row_per_result():
+    quiet = Result("readers", "a", 10.0, 1.0, other_cpu=0.01, vs_limit=1.0)
+    noisy = Result("readers", "b", 5.0, 0.5, other_cpu=0.5, vs_limit=0.5)
+    text = format_table([quiet, noisy])
+    assert "NOISY" in text.splitlines()[2] and "NOISY" not in text.splitlines()[1]
+    markdown = format_table([quiet, noisy], markdown=True).splitlines()
+    assert len(markdown) == 4 and markdown[1].startswith("|---")
+
+
+@pytest.mark.slow
+def test_bench_fit_rows_compare_with_arrays_in_memory(small_store, capsys):
+    store, _ = small_store
+    args = ["--batch-size", "8", "--seconds", "0.2", "--fit", "--json"]
+    assert main(["bench", str(store), *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    results = [json.loads(line) for line in lines if line.startswith("{")]
+    fit = [r for r in results if r["section"] == "fit"]
+    assert [r["name"].split(",")[0] for r in fit] == [
+        "fit: numpy arrays in memory",
+        f"fit: DataGenerator {open_store(store).backend}",
+    ]
+    assert fit[0]["vs_limit"] == 1.0 and fit[1]["vs_limit"] > 0
+
+
+@pytest.mark.slow
+def test_full_suite_quick_writes_report_and_plot(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+    out = tmp_path / "report" / "benchmarks.md"
+    args = ["--quick", "--profile", "large", "--no-cold", "--workdir", str(tmp_path / "w"),
+            "--out", str(out), "--seconds", "0.2"]  # fmt: skip
+    command = [sys.executable, str(script), *args]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    text = out.read_text()
+    assert "## Goals" in text and "| large: HDF5 (global) >= 5x tutorial |" in text
+    assert text.count("PASS") + text.count("MISS") >= 9
+    assert out.with_suffix(".png").stat().st_size > 0
