@@ -528,7 +528,7 @@ def environment(workdir: Path) -> dict[str, str]:
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{first('/proc/cpuinfo', 'model name')}, {os.cpu_count()} logical CPUs",
-        "memory": first("/proc/meminfo", "MemTotal"),
+        "memory": _gib(first("/proc/meminfo", "MemTotal")),
         "system": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         "packages": f"shardfeed {shardfeed.__version__} ({git.stdout.strip() or '?'}), "
         f"numpy {np.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}), "
@@ -537,6 +537,13 @@ def environment(workdir: Path) -> dict[str, str]:
         "work folder": str(workdir),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+def _gib(meminfo_value: str) -> str:
+    try:
+        return f"{int(meminfo_value.split()[0]) / 2**20:.1f} GiB"
+    except (ValueError, IndexError):
+        return meminfo_value
 
 
 def _keras_versions() -> str:
@@ -599,7 +606,23 @@ HOW = """## How these figures are made
   the kernel reclaims under pressure, which grows with the data read.
 - *other CPU %*: the share of all CPUs used by processes outside the benchmark while a figure was
   measured (from /proc/stat); above 10 % the figure is marked NOISY and should not be trusted.
+  It does not see other processes' disk I/O, which can still disturb cold figures.
+- The memory-mapped limit and the fast readers keep their mappings between rounds, so after the
+  warm-up they read mapped pages; a reader opened fresh (a new worker process) pays page faults.
 """
+
+
+def trust_line(reports: list[Report]) -> str:
+    """How far to trust this run: how many figures were taken next to a busy neighbour."""
+    results = [r for rep in reports for r in rep.convert + rep.readers + (rep.cold or []) + rep.fit]
+    noisy = [r for r in results if r.noisy]
+    worst = max((r.other_cpu or 0.0 for r in results), default=0.0)
+    if not noisy:
+        return (f"**Trust:** no figure was disturbed by other processes (at most {100 * worst:.0f} % "
+                "of the CPUs); cold figures can still suffer from other processes' disk I/O.")  # fmt: skip
+    return (f"**Trust: {len(noisy)} of {len(results)} figures are NOISY** (other processes used up to "
+            f"{100 * worst:.0f} % of the CPUs while they were measured): treat their ratios as rough "
+            "and rerun on a quiet machine.")  # fmt: skip
 
 
 def write_markdown(
@@ -615,7 +638,7 @@ def write_markdown(
         "",
     ]
     parts += [f"- {k}: {v}" for k, v in env.items()]
-    parts += ["", "## Goals", "", goals_table(goals), ""]
+    parts += ["", trust_line(reports), "", "## Goals", "", goals_table(goals), ""]
     for rep in reports:
         parts += [f"## Profile {rep.profile.name}: {rep.profile.describe()}", ""]
         sections = [

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardfeed.sampling import epoch_order, num_batches
+from shardfeed.sampling import epoch_order, host_share_from_env, num_batches
 
 rows_strategy = st.integers(1, 300).map(lambda n: np.arange(n, dtype=np.int64) * 3 + 5)
 
@@ -67,3 +67,28 @@ def test_rank_outside_world_is_refused():
 def test_num_batches_floor_and_ceil():
     assert num_batches(10, 4, drop_remainder=False) == 3
     assert num_batches(10, 4, drop_remainder=True) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (0, 1)),
+        ({"RANK": "2", "WORLD_SIZE": "3"}, (2, 3)),
+        ({"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}'}, (1, 2)),
+        ({"TF_CONFIG": '{"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:1"]}, '
+                       '"task": {"type": "worker", "index": 0}}'}, (1, 3)),  # fmt: skip
+        ({"TF_CONFIG": '{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief"}}'}, (0, 2)),
+    ],
+)
+def test_host_share_comes_from_the_launchers_environment(env, expected):
+    assert host_share_from_env(env) == expected
+
+
+def test_generator_takes_rank_from_the_environment(monkeypatch, small_store):
+    from shardfeed.batches import BatchSource
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    source = BatchSource(small_store[0], split="train", batch_size=2, seed=0)
+    assert (source.rank, source.world_size) == (1, 2)
+    assert source.samples_per_epoch == 30 // 2

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import OptionError
-from .sampling import MODES, epoch_order, num_batches
+from .sampling import MODES, epoch_order, host_share_from_env, num_batches
 from .store import Store, open_store
 
 LABEL_MODES = ("onehot", "sparse", None)
@@ -35,7 +35,8 @@ class BatchSource:
             only; also what an unlabeled store gives).
         dtype: dtype of the inputs; None keeps the stored dtype.
         drop_remainder: drop the last short batch (the tutorial's floor behaviour).
-        rank, world_size: this host's disjoint share of every epoch.
+        rank, world_size: this host's disjoint share of every epoch; by default from the
+            environment (`RANK`/`WORLD_SIZE`, or `TF_CONFIG`), else 0 and 1.
     """
 
     def __init__(
@@ -50,10 +51,15 @@ class BatchSource:
         labels: str | None = "onehot",
         dtype: str | np.dtype | None = "float32",
         drop_remainder: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: dict | None = None,
     ) -> None:
-        self.store = store if isinstance(store, Store) else open_store(store)
+        if rank is None or world_size is None:
+            env_rank, env_world = host_share_from_env()
+            rank = env_rank if rank is None else rank
+            world_size = env_world if world_size is None else world_size
+        self.store = store if isinstance(store, Store) else open_store(store, storage_options=storage_options)
         if split is not None and ids is not None:
             raise OptionError("give either split or ids, not both")
         if batch_size < 1:

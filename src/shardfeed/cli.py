@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _storage_options_flag(p)
     p.set_defaults(run=_cmd_convert)
 
     p = commands.add_parser("inspect", help="summarize a store")
@@ -73,12 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--id", dest="sample_id", help="show one sample")
     p.add_argument("--shards", action="store_true", help="list shards")
+    _storage_options_flag(p)
     p.set_defaults(run=_cmd_inspect)
 
     p = commands.add_parser("verify", help="check every sample against its checksum")
     p.add_argument("store")
     p.add_argument("--source", help="also compare each sample with SRC/<ID>.npy")
     p.add_argument("--quiet", action="store_true")
+    _storage_options_flag(p)
     p.set_defaults(run=_cmd_verify)
 
     p = commands.add_parser("bench", help="measure read speed against the memory-mapped limit")
@@ -100,6 +103,24 @@ def _progress_bar(total: int, quiet: bool, desc: str):
 
     return tqdm(total=total, unit="samples", desc=desc, disable=quiet or not sys.stderr.isatty(),
                 dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+
+
+def _storage_options_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options", type=_json_object, metavar="JSON",
+        help='fsspec options for s3:// and other URLs, e.g. \'{"anon": false}\' '
+             "(credentials and endpoint otherwise come from AWS_* environment variables)",
+    )  # fmt: skip
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def _cmd_convert(args) -> int:
@@ -125,7 +146,7 @@ def _cmd_convert(args) -> int:
             args.src, args.out, labels=args.labels, partition=args.partition, format=args.format,
             chunk_rows=args.chunk_rows, shard_size=args.shard_size, compression=args.compression,
             workers=args.workers, overwrite=args.overwrite, resume=args.resume, scheduler=args.scheduler,
-            progress=progress, on_start=on_start,
+            progress=progress, on_start=on_start, storage_options=args.storage_options,
         )  # fmt: skip
     finally:
         if bar is not None:
@@ -149,7 +170,7 @@ def _cmd_inspect(args) -> int:
     from .inspection import describe, describe_sample, format_summary
     from .store import open_store
 
-    store = open_store(args.store)
+    store = open_store(args.store, storage_options=args.storage_options)
     if args.sample_id is not None:
         info = describe_sample(store, args.sample_id)
         print(json.dumps(info, indent=1) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
@@ -166,7 +187,7 @@ def _cmd_verify(args) -> int:
     from .integrity import verify_store
     from .store import open_store
 
-    store = open_store(args.store)
+    store = open_store(args.store, storage_options=args.storage_options)
     bar = _progress_bar(len(store), args.quiet, "verify")
     try:
         report = verify_store(store, args.source, progress=bar.update)

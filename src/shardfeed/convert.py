@@ -28,6 +28,7 @@ from . import __version__
 from .backends import COMPRESSIONS, Layout, get_backend
 from .errors import DiskFullError, OptionError, StoreExistsError, WorkerDiedError
 from .faults import fault_point
+from .location import is_url
 from .manifest import (
     INDEX_NAME,
     LOCK_NAME,
@@ -102,6 +103,7 @@ def convert(
     on_start: Callable[[SourceSet, Layout], None] | None = None,
     client=None,
     scheduler: str | None = None,
+    storage_options: dict | None = None,
 ) -> Manifest:
     """Pack per-ID `.npy` files under `src` into a store at `out`; returns its manifest.
 
@@ -110,6 +112,8 @@ def convert(
     `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
     `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
     paths (a shared file system). This process always commits the index and manifest.
+    `out` may be an fsspec URL (`s3://bucket/x.zarr`) for a Zarr store; `storage_options` go
+    to fsspec (credentials and endpoint otherwise come from the usual environment variables).
     `progress(n)` is called with the number of samples written since its last call;
     `on_start(sources, layout)` once every input is validated, before anything is written.
     """
@@ -131,6 +135,14 @@ def convert(
     layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
     if on_start:
         on_start(sources, layout)
+    if is_url(out):
+        from .remote_convert import convert_remote
+
+        tasks = _tasks(sources, layout, format, out, storage_options)
+        return convert_remote(
+            out, sources, layout, backend, tasks, storage_options=storage_options,
+            overwrite=overwrite, resume=resume, run=lambda todo: _shard_records(todo, workers, progress, client, scheduler),
+        )  # fmt: skip
     root = Path(out)
     if not resume:
         _check_free_space(root, layout, layout.num_samples)
@@ -150,15 +162,7 @@ def convert(
         tasks = [t for t in _tasks(sources, layout, format, root) if t.shard not in done]
         _check_free_space(root, layout, sum(len(t.samples) for t in tasks))
         try:
-            if client is not None or scheduler is not None:
-                from .cluster import run_on_dask
-
-                records = run_on_dask(
-                    tasks, progress, client=client, scheduler=scheduler, workers=workers
-                )
-            else:
-                records = _run_tasks(tasks, workers, progress)
-            for record in records:
+            for record in _shard_records(tasks, workers, progress, client, scheduler):
                 work.save_record(record)
                 fault_point("record-saved")
                 done[record.info.first_row // layout.shard_rows] = record
@@ -264,12 +268,24 @@ def _plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
     }
 
 
-def _tasks(sources: SourceSet, layout: Layout, format: str, root: Path) -> list[ShardTask]:
+def _tasks(
+    sources: SourceSet, layout: Layout, format: str, root: Path | str, storage_options: dict | None = None
+) -> list[ShardTask]:
     refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order) for s in sources.samples]
     return [
-        ShardTask(format, str(root), layout, k, sources.dtype.str, tuple(refs[first : first + layout.shard_rows]))
+        ShardTask(format, str(root), layout, k, sources.dtype.str,
+                  tuple(refs[first : first + layout.shard_rows]), storage_options)  # fmt: skip
         for k, first in enumerate(range(0, layout.num_samples, layout.shard_rows))
     ]
+
+
+def _shard_records(tasks: list[ShardTask], workers: int, progress, client, scheduler):
+    """Run the shard tasks on a Dask cluster when one is given, else locally."""
+    if client is not None or scheduler is not None:
+        from .cluster import run_on_dask
+
+        return run_on_dask(tasks, progress, client=client, scheduler=scheduler, workers=workers)
+    return _run_tasks(tasks, workers, progress)
 
 
 def _run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback | None):
@@ -316,6 +332,18 @@ def _run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback 
 
 def _commit(root: Path, sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord]) -> Manifest:
     """Write the index, then the manifest: from this moment the store exists."""
+    index_bytes, manifest = build_index_and_manifest(sources, layout, format, records)
+    write_atomic(root / INDEX_NAME, index_bytes)
+    fault_point("index-written")
+    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+    fault_point("manifest-written")
+    return manifest
+
+
+def build_index_and_manifest(
+    sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord]
+) -> tuple[bytes, Manifest]:
+    """The index's bytes and the manifest that commits them, from the finished shards."""
     checksums = np.concatenate([r.checksums for r in records]).astype(np.uint32)
     split_names = list(sources.splits)
     code = {name: k for k, name in enumerate(split_names)}
@@ -327,8 +355,6 @@ def _commit(root: Path, sources: SourceSet, layout: Layout, format: str, records
         checksums=checksums,
     )
     index_bytes = index.to_bytes()
-    write_atomic(root / INDEX_NAME, index_bytes)
-    fault_point("index-written")
     manifest = Manifest(
         backend=format,
         num_samples=layout.num_samples,
@@ -350,9 +376,7 @@ def _commit(root: Path, sources: SourceSet, layout: Layout, format: str, records
         },
         converter={"shardfeed": __version__},
     )
-    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
-    fault_point("manifest-written")
-    return manifest
+    return index_bytes, manifest
 
 
 class _CallbackCounter:

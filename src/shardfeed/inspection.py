@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -13,7 +12,7 @@ from .store import Store
 def describe(store: Store) -> dict:
     """Summary of a store; the keys are stable (`inspect --json` prints this dict)."""
     m = store.manifest
-    on_disk = _bytes_on_disk(store.path)
+    on_disk = _bytes_on_disk(store)
     raw = m.num_samples * m.sample_nbytes
     histograms = None
     if store.labels is not None:
@@ -102,8 +101,10 @@ def _scalar(value):
     return value.item() if np.isrealobj(value) else str(value)
 
 
-def _bytes_on_disk(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+def _bytes_on_disk(store: Store) -> int:
+    if store.location is not None:
+        return int(store.location.fs.du(store.location.path))
+    return sum(p.stat().st_size for p in store.path.rglob("*") if p.is_file())
 
 
 def _mb(n: int) -> str:

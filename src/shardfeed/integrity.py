@@ -65,7 +65,7 @@ def verify_store(
     expected = store.checksums
     ids = store.ids
     for k, shard in enumerate(manifest.shards):
-        problem = _file_problem(store.path / shard.path, shard)
+        problem = _file_problem(store, shard)
         reasons = [problem] if problem else []
         try:
             actual = sample_checksums(store._reader(k), shard.num_rows, layout)
@@ -92,16 +92,21 @@ def verify_store(
     return report
 
 
-def _file_problem(path: Path, shard: ShardInfo) -> str | None:
+def _file_problem(store: Store, shard: ShardInfo) -> str | None:
     """Why the shard file differs from its manifest entry (size, then CRC32), or None."""
     try:
-        size = path.stat().st_size
+        if store.location is None:
+            path = store.path / shard.path
+            size, crc = path.stat().st_size, (lambda: file_checksum(path))
+        else:
+            size = store.location.size(shard.path)
+            crc = lambda: checksum(store.location.read_bytes(shard.path))  # noqa: E731
         if size != shard.nbytes:
             return f"file has {size} bytes, the manifest says {shard.nbytes} (truncated?)"
-        if file_checksum(path) != shard.file_checksum:
+        if crc() != shard.file_checksum:
             return "file bytes do not match the manifest's file checksum (corrupt)"
     except OSError as exc:
-        return f"cannot read the shard file: {exc.strerror}"
+        return f"cannot read the shard file: {exc.strerror or exc}"
     return None
 
 

@@ -26,16 +26,29 @@ class RemoteLocation:
     """A store root on an fsspec file system: a few byte-level operations, nothing more."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        try:
-            from fsspec.core import url_to_fs
-        except ImportError as exc:  # pragma: no cover - fsspec comes with zarr
-            raise OptionError("remote stores need fsspec: pip install 'shardfeed[s3]'") from exc
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
-        try:
-            self.fs, self.path = url_to_fs(self.url, **self.storage_options)
-        except (ImportError, ValueError) as exc:
-            raise OptionError(f"{url}: cannot open this URL ({exc}); for s3:// pip install 'shardfeed[s3]'") from exc
+        self._fs = None
+        self._fs_pid = -1
+        self.fs  # noqa: B018 - fail now on a bad URL, not at the first read
+
+    @property
+    def fs(self):
+        """The file system of this process: async fsspec file systems are not fork-safe."""
+        if self._fs is None or self._fs_pid != os.getpid():
+            from fsspec.core import url_to_fs
+
+            try:
+                self._fs, self.path = url_to_fs(self.url, **self.storage_options)
+            except (ImportError, ValueError) as exc:
+                raise OptionError(
+                    f"{self.url}: cannot open this URL ({exc}); for s3:// pip install 'shardfeed[s3]'"
+                ) from exc
+            self._fs_pid = os.getpid()
+        return self._fs
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fs": None, "_fs_pid": -1}
 
     def __str__(self) -> str:
         return self.url

@@ -12,6 +12,9 @@ a run can be reproduced, and training can resume at batch k of epoch e.
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 MODES = ("global", "block")
@@ -65,3 +68,27 @@ def _block_order(rows: np.ndarray, rng: np.random.Generator, chunk_rows: int, wi
 
 def num_batches(num_rows: int, batch_size: int, drop_remainder: bool) -> int:
     return num_rows // batch_size if drop_remainder else -(-num_rows // batch_size)
+
+
+def host_share_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(rank, world_size) of this host from the usual launchers' environment variables.
+
+    `RANK`/`WORLD_SIZE` (torchrun, Slurm wrappers, most launchers), else `TF_CONFIG`
+    (tf.distribute's multi-worker setup: the chief, if any, is rank 0), else (0, 1).
+    """
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" in env:
+        rank, world = int(env.get("RANK", "0")), int(env["WORLD_SIZE"])
+    elif "TF_CONFIG" in env:
+        config = json.loads(env["TF_CONFIG"])
+        cluster, task = config.get("cluster", {}), config.get("task", {})
+        chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+        kind, index = task.get("type", "worker"), int(task.get("index", 0))
+        if kind not in ("chief", "worker"):
+            return 0, 1  # parameter servers and evaluators read no training shares
+        rank, world = (index if kind == "chief" else chiefs + index), chiefs + workers
+    else:
+        return 0, 1
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside [0, world_size={world}) in the environment")
+    return rank, world

@@ -18,6 +18,7 @@ import numpy as np
 from .backends import Layout, get_backend
 from .errors import DiskFullError, InputError
 from .faults import fault_point
+from .location import RemoteLocation, is_url
 from .manifest import ShardInfo, checksum, file_checksum, shard_checksum
 
 # "No space left", "disk quota exceeded", "file too large" (a file-size limit, `ulimit -f`).
@@ -42,6 +43,7 @@ class ShardTask:
     shard: int
     source_dtype: str
     samples: tuple[SampleRef, ...]
+    storage_options: dict | None = None  # for a root that is an fsspec URL
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,11 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
     layout = task.layout
     backend = get_backend(task.backend)
     path = backend.shard_path(layout, task.shard)
-    writer = backend.open_writer(Path(task.root), layout, task.shard)
+    location = RemoteLocation(task.root, task.storage_options) if is_url(task.root) else None
+    if location is None:
+        writer = backend.open_writer(Path(task.root), layout, task.shard)
+    else:
+        writer = backend.open_remote_writer(location, layout, task.shard)
     block = np.empty((layout.chunk_rows, *layout.sample_shape), dtype=layout.dtype)
     checksums = np.empty(len(task.samples), dtype=np.uint32)
     source_dtype = np.dtype(task.source_dtype)
@@ -101,7 +107,9 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
         last_row=first + len(task.samples) - 1,
         nbytes=nbytes,
         checksum=shard_checksum(checksums),
-        file_checksum=file_checksum(Path(task.root) / path),
+        file_checksum=(
+            file_checksum(Path(task.root) / path) if location is None else checksum(location.read_bytes(path))
+        ),
     )
     return ShardRecord(info, checksums)
 
