@@ -108,6 +108,9 @@ class Report:
     memory: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def results(self) -> list[Result]:
+        return self.convert + self.readers + (self.cold or []) + self.fit
+
 
 def make_profiles(args) -> list[Profile]:
     quick = args.quick
@@ -614,15 +617,19 @@ HOW = """## How these figures are made
 
 def trust_line(reports: list[Report]) -> str:
     """How far to trust this run: how many figures were taken next to a busy neighbour."""
-    results = [r for rep in reports for r in rep.convert + rep.readers + (rep.cold or []) + rep.fit]
+    results = [r for rep in reports for r in rep.results()]
     noisy = [r for r in results if r.noisy]
     worst = max((r.other_cpu or 0.0 for r in results), default=0.0)
     if not noisy:
-        return (f"**Trust:** no figure was disturbed by other processes (at most {100 * worst:.0f} % "
-                "of the CPUs); cold figures can still suffer from other processes' disk I/O.")  # fmt: skip
-    return (f"**Trust: {len(noisy)} of {len(results)} figures are NOISY** (other processes used up to "
-            f"{100 * worst:.0f} % of the CPUs while they were measured): treat their ratios as rough "
-            "and rerun on a quiet machine.")  # fmt: skip
+        return (
+            f"**Trust:** no figure was disturbed by other processes (at most {100 * worst:.0f} % "
+            "of the CPUs); cold figures can still suffer from other processes' disk I/O."
+        )
+    return (
+        f"**Trust: {len(noisy)} of {len(results)} figures are NOISY** (other processes used up "
+        f"to {100 * worst:.0f} % of the CPUs while they were measured): treat their ratios as "
+        "rough and rerun on a quiet machine."
+    )
 
 
 def write_markdown(
@@ -655,6 +662,21 @@ def write_markdown(
     parts += [HOW, f"![samples/s per reader]({out.with_suffix('.png').name})", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
+
+
+def save_json(reports: list[Report], goals: list[Goal], path: Path) -> None:
+    """Every figure, for later comparison between runs (kept in the work folder)."""
+    data = {
+        "reports": [
+            {"profile": rep.profile.name, "describe": rep.profile.describe(), "notes": rep.notes,
+             "memory": rep.memory, "results": [r.to_dict() for r in rep.results()]}
+            for rep in reports
+        ],
+        "goals": [{"goal": g.text, "value": g.value, "verdict": g.verdict, "noisy": g.noisy}
+                  for g in goals],
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
 
 
 def write_plot(reports: list[Report], path: Path) -> None:
@@ -741,13 +763,14 @@ def main(argv=None) -> int:
     goals = [g for rep in reports for g in reader_goals(rep) + other_goals(rep)]
     for rep in reports:
         say(f"\n== {rep.profile.name}: {rep.profile.describe()}")
-        say(format_table(rep.convert + rep.readers + (rep.cold or []) + rep.fit))
+        say(format_table(rep.results()))
         for note in rep.notes:
             say(f"note: {note}")
     say("\n" + goals_table(goals))
     command = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_markdown(reports, goals, environment(args.workdir), command.strip(), args.out)
     write_plot(reports, args.out.with_suffix(".png"))
+    save_json(reports, goals, args.workdir / "results.json")
     elapsed = time.perf_counter() - started
     say(f"\nwrote {args.out} and {args.out.with_suffix('.png')} in {elapsed:.0f} s")
     return 0

@@ -164,17 +164,21 @@ class Store:
             )
         if len(rows) == 0:
             return out
-        if rows.min() < 0 or rows.max() >= len(self):
-            bad = rows[(rows < 0) | (rows >= len(self))][0]
-            raise IndexError(f"{self.path}: row {bad} out of range for {len(self)} samples")
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
-        shards = np.searchsorted(self._shard_starts, sorted_rows, side="right") - 1
-        bounds = np.flatnonzero(np.diff(shards)) + 1
-        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(rows)]):
-            shard = int(shards[a])
-            local = sorted_rows[a:b] - self._shard_starts[shard]
-            self._reader(shard).read(local, out, order[a:b])
+        if sorted_rows[0] < 0 or sorted_rows[-1] >= len(self):
+            bad = sorted_rows[0] if sorted_rows[0] < 0 else sorted_rows[-1]
+            raise IndexError(f"{self.path}: row {bad} out of range for {len(self)} samples")
+        first, last = (np.searchsorted(self._shard_starts, sorted_rows[[0, -1]], side="right") - 1).tolist()
+        if first == last:  # the common case: one shard, one reader call
+            self._reader(first).read(sorted_rows - self._shard_starts[first], out, order)
+        else:
+            shards = np.searchsorted(self._shard_starts, sorted_rows, side="right") - 1
+            bounds = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist(), len(rows)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                shard = int(shards[a])
+                local = sorted_rows[a:b] - self._shard_starts[shard]
+                self._reader(shard).read(local, out, order[a:b])
         if self.verify:
             self._check(rows, out)
         return out

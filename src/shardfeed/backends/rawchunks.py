@@ -67,7 +67,7 @@ class RawChunkReader(ShardReader):
         except BaseException:
             os.close(self._fd)
             raise
-        self._rows = self._contiguous_rows_view()
+        self._run_first, self._views = self._run_views()
 
     def _check_ranges(self, file_size: int) -> None:
         bad = (self._offsets < 0) | (self._sizes < 0) | (self._offsets + self._sizes > file_size)
@@ -81,26 +81,40 @@ class RawChunkReader(ShardReader):
                 f"chunks; the shard is truncated or corrupt"
             )
 
-    def _contiguous_rows_view(self) -> np.ndarray | None:
-        """One array over the whole shard when its raw chunks lie back to back, in order."""
+    def _run_views(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Arrays over each run of raw chunks that lie back to back in the file, in order.
+
+        HDF5 puts an index node after every 64 chunks or so, and Zarr shards are contiguous:
+        a few views cover a shard, so a gather is one fancy index per run, not per chunk.
+        Returns the first row of each run and its view.
+        """
         if self._decode is not None or self._mm is None or len(self._offsets) == 0:
-            return None
-        expected = self._offsets[0] + np.arange(len(self._offsets)) * self._chunk_nbytes
-        if not np.array_equal(self._offsets, expected):
-            return None
-        rows = len(self._offsets) * self._chunk_rows
-        return np.ndarray(
-            (rows, *self._sample_shape), dtype=self._dtype, buffer=self._mm, offset=int(self._offsets[0])
-        )
+            return np.empty(0, dtype=np.int64), []
+        breaks = np.flatnonzero(np.diff(self._offsets) != self._chunk_nbytes) + 1
+        starts = np.r_[0, breaks]
+        stops = np.r_[breaks, len(self._offsets)]
+        views = [
+            np.ndarray(((b - a) * self._chunk_rows, *self._sample_shape), dtype=self._dtype,
+                       buffer=self._mm, offset=int(self._offsets[a]))  # fmt: skip
+            for a, b in zip(starts.tolist(), stops.tolist())
+        ]
+        return starts * self._chunk_rows, views
 
     def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         # docstring inherited
         if self._decode is None and self._sample_nbytes >= PREAD_MIN_BYTES:
             self._pread_rows(local_rows, out, positions)
-        elif self._rows is not None:
-            out[positions] = self._rows[local_rows]
-        else:
+        elif not self._views:
             copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions)
+            return
+        first_run, last_run = (np.searchsorted(self._run_first, local_rows[[0, -1]], side="right") - 1).tolist()
+        if first_run == last_run:  # the common case: one fancy index
+            out[positions] = self._views[first_run][local_rows - self._run_first[first_run]]
+        else:
+            runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
+            for run in np.unique(runs).tolist():
+                mine = runs == run
+                out[positions[mine]] = self._views[run][local_rows[mine] - self._run_first[run]]
 
     def _pread_rows(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         """One pread per row, straight into `out` (the GIL is released during the copy).
@@ -131,7 +145,7 @@ class RawChunkReader(ShardReader):
 
     def close(self) -> None:
         # docstring inherited
-        self._rows = None
+        self._views = []
         if self._mm is not None:
             self._mm.close()
             self._mm = None
