@@ -16,9 +16,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-from shardfeed import DataGenerator, open_store  # noqa: E402
+from shardfeed import DataGenerator, open_store
 
 
 def build_model(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:

@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import shardfeed  # noqa: E402
+import shardfeed
 
 
 @pytest.fixture(params=["hdf5", "zarr"])
@@ -53,7 +53,7 @@ def make_npy_dir(tmp_path):
         splits = splits or {"train": 0.75, "validation": 0.25}
         partition, start = {}, 0
         for k, (split, fraction) in enumerate(splits.items()):
-            stop = n if k == len(splits) - 1 else start + int(round(n * fraction))
+            stop = n if k == len(splits) - 1 else start + round(n * fraction)
             partition[split] = ids[start:stop]
             start = stop
         partition_path = tmp_path / f"{name}-partition.json"

@@ -106,7 +106,7 @@ def test_sigkill_at_random_moments(inputs, reference, workers, tmp_path):
     for trial in range(RANDOM_KILLS):
         out = tmp_path / f"out-{trial}"
         proc = start(convert_argv(inputs, out, opts))
-        early = trial % 4 == 3
+        early = trial % 4 == 2  # during start-up, scanning and preparing
         if early:
             time.sleep(rng.uniform(0, reference.plan_seconds))
         elif wait_for(out / ".convert" / "plan.json", proc):

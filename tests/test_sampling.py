@@ -76,7 +76,7 @@ def test_num_batches_floor_and_ceil():
         ({"RANK": "2", "WORLD_SIZE": "3"}, (2, 3)),
         ({"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}'}, (1, 2)),
         ({"TF_CONFIG": '{"cluster": {"chief": ["c:1"], "worker": ["a:1", "b:1"]}, '
-                       '"task": {"type": "worker", "index": 0}}'}, (1, 3)),  # fmt: skip
+                       '"task": {"type": "worker", "index": 0}}'}, (1, 3)),
         ({"TF_CONFIG": '{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief"}}'}, (0, 2)),
     ],
 )

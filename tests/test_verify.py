@@ -141,10 +141,8 @@ def test_verify_catches_truncation_and_extension(store_path):
         shard = store.manifest.shards[rng.randrange(len(store.manifest.shards))]
         path = store_path / shard.path
         original = path.read_bytes()
-        if trial % 5 == 4:
-            data = original + bytes(rng.randrange(1, 4096))  # extended, e.g. by a partial rewrite
-        else:
-            data = original[: rng.randrange(len(original))]
+        extend = trial % 5 == 4  # e.g. by a partial rewrite
+        data = original + bytes(rng.randrange(1, 4096)) if extend else original[: rng.randrange(len(original))]
         with damaged(path, data):
             report = verify(store_path)
         assert not report.ok and shard.path in report.bad_shards, (shard.path, len(data))

@@ -138,10 +138,9 @@ class BatchSource:
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
         """`(x,)` or `(x, y)` for batch `index` of `epoch`."""
         rows = self.batch_rows(epoch, index)
-        if self.dtype == self.store.dtype:
-            x = self.store.read(rows)
-        else:
-            x = self.store.read(rows).astype(self.dtype)
+        x = self.store.read(rows)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
         if self.labels is None:
             return (x,)
         y = self.store.labels[rows]

@@ -36,10 +36,10 @@ def run_on_dask(
     if client is not None:
         yield from _submit(distributed, client, tasks, progress)
     elif scheduler == "local":
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster:  # fmt: skip
-            with distributed.Client(cluster) as own_client:
-                yield from _submit(distributed, own_client, tasks, progress)
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)  # fmt: skip
+        with cluster, distributed.Client(cluster) as own_client:
+            yield from _submit(distributed, own_client, tasks, progress)
     else:
         try:
             own_client = distributed.Client(scheduler, timeout="20s")

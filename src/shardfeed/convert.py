@@ -70,7 +70,7 @@ def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int, c
     n = len(sources.samples)
     nbytes = sources.sample_nbytes
     if chunk_rows is None:
-        chunk_rows = 2 ** max(0, int(math.floor(math.log2(max(1, CHUNK_TARGET_BYTES // nbytes)))))
+        chunk_rows = 2 ** max(0, math.floor(math.log2(max(1, CHUNK_TARGET_BYTES // nbytes))))
     if chunk_rows < 1:
         raise OptionError(f"chunk rows must be >= 1, got {chunk_rows}")
     chunk_rows = min(chunk_rows, n)
@@ -140,8 +140,8 @@ def convert(
 
         tasks = _tasks(sources, layout, format, out, storage_options)
         return convert_remote(
-            out, sources, layout, backend, tasks, storage_options=storage_options,
-            overwrite=overwrite, resume=resume, run=lambda todo: _shard_records(todo, workers, progress, client, scheduler),
+            out, sources, layout, backend, tasks, storage_options=storage_options, overwrite=overwrite,
+            resume=resume, run=lambda todo: _shard_records(todo, workers, progress, client, scheduler),
         )  # fmt: skip
     root = Path(out)
     if not resume:
@@ -274,7 +274,7 @@ def _tasks(
     refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order) for s in sources.samples]
     return [
         ShardTask(format, str(root), layout, k, sources.dtype.str,
-                  tuple(refs[first : first + layout.shard_rows]), storage_options)  # fmt: skip
+                  tuple(refs[first : first + layout.shard_rows]), storage_options)
         for k, first in enumerate(range(0, layout.num_samples, layout.shard_rows))
     ]
 

@@ -14,9 +14,9 @@ pools as `WatchedPool`, which fails the waiting results with `WorkerDiedError` i
 from __future__ import annotations
 
 import json
-import os
 import multiprocessing
 import multiprocessing.pool
+import os
 import threading
 import warnings
 import weakref
@@ -31,6 +31,7 @@ from .batches import BatchSource
 from .errors import WorkerDiedError
 from .manifest import write_atomic
 from .store import Store
+
 
 class DataGenerator(keras.utils.PyDataset):
     """Shuffled `(x, y)` batches from a store, for `model.fit`.
@@ -171,7 +172,8 @@ class WatchedPool(multiprocessing.pool.Pool):
 
     `multiprocessing.Pool` replaces a dead worker but never completes the task it was running,
     and Keras waits for that result without a timeout. A Keras pool has no task limit per
-    worker, so any worker started after the pool is populated replaces one that died: at
+    worker, so any worker started after the pool is populated (running or closed, not yet
+    terminated) replaces one that died: at
     that moment (within 0.1 s of the death) we fail every pending result with
     `WorkerDiedError`, which Keras re-raises from `fit`, and terminate the pool.
     """
@@ -182,7 +184,9 @@ class WatchedPool(multiprocessing.pool.Pool):
 
         def start_worker(ctx, *process_args, **process_kwargs):
             pool = pool_ref()
-            if pool is not None and pool._populated and pool._state == "RUN":
+            # Keras closes the pool once every task is queued; a closed pool still replaces a dead
+            # worker while results are pending, and workers only exit normally after that.
+            if pool is not None and pool._populated and pool._state != "TERMINATE":
                 pool._fail_pending()
             return ctx.Process(*process_args, **process_kwargs)
 

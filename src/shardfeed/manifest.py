@@ -129,9 +129,13 @@ class Manifest:
 
     def validate(self, where: str) -> None:
         """Check internal consistency so a crafted manifest cannot steer reads out of range."""
+        from .backends import COMPRESSIONS  # here: the backends import this module
+
         problems = []
-        if self.backend not in ("hdf5", "zarr"):
+        if self.backend not in COMPRESSIONS:
             problems.append(f"unknown backend {self.backend!r}")
+        elif self.compression not in COMPRESSIONS[self.backend]:
+            problems.append(f"compression {self.compression!r} unknown to {self.backend}")
         try:
             dt = np.dtype(self.dtype)
         except Exception:  # numpy's dtype parser raises TypeError, ValueError, SyntaxError...

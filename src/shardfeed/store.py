@@ -8,6 +8,7 @@ pickling drops them (h5py objects cannot be pickled; see RELIABILITY.md).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -175,7 +176,7 @@ class Store:
         else:
             shards = np.searchsorted(self._shard_starts, sorted_rows, side="right") - 1
             bounds = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist(), len(rows)]
-            for a, b in zip(bounds[:-1], bounds[1:]):
+            for a, b in itertools.pairwise(bounds):
                 shard = int(shards[a])
                 local = sorted_rows[a:b] - self._shard_starts[shard]
                 self._reader(shard).read(local, out, order[a:b])

@@ -1,6 +1,6 @@
 """Probe: fit with 2 worker processes, SIGKILL one worker mid-epoch, report what fit did.
 
-    python kill_worker.py STORE START_METHOD
+    python kill_worker.py STORE START_METHOD [BATCH]
 Prints one JSON line: {"error": <type name or null>, "message": ..., "seconds_after_kill": ...}.
 """
 
@@ -9,14 +9,13 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+import keras
 
-import shardfeed  # noqa: E402
+import shardfeed
 
 
 class SlowGenerator(shardfeed.DataGenerator):
@@ -29,6 +28,7 @@ class SlowGenerator(shardfeed.DataGenerator):
 
 def main():
     store, method = sys.argv[1:3]
+    kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     multiprocessing.set_start_method(method, force=True)
     gen = SlowGenerator(store, split="train", batch_size=2, seed=1, labels="sparse",
                         workers=2, use_multiprocessing=True)
@@ -39,7 +39,7 @@ def main():
 
     class KillOneWorker(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if batch == 3 and not killed_at:
+            if batch == kill_at and not killed_at:
                 worker = multiprocessing.active_children()
                 keras_workers = [p for p in worker if "Keras_worker" in p.name or "PoolWorker" in p.name]
                 os.kill(keras_workers[0].pid, signal.SIGKILL)

@@ -68,7 +68,7 @@ class Backend(ABC):
     def shard_path(self, layout: Layout, shard: int) -> str:
         """Path of shard number `shard`, relative to the store root."""
 
-    def prepare(self, root: Path, layout: Layout) -> None:
+    def prepare(self, root: Path, layout: Layout) -> None:  # noqa: B027 - most backends need nothing
         """Create whatever shards share (the driver calls this once, before any writer)."""
 
     @abstractmethod

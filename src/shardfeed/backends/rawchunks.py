@@ -95,7 +95,7 @@ class RawChunkReader(ShardReader):
         stops = np.r_[breaks, len(self._offsets)]
         views = [
             np.ndarray(((b - a) * self._chunk_rows, *self._sample_shape), dtype=self._dtype,
-                       buffer=self._mm, offset=int(self._offsets[a]))  # fmt: skip
+                       buffer=self._mm, offset=int(self._offsets[a]))
             for a, b in zip(starts.tolist(), stops.tolist())
         ]
         return starts * self._chunk_rows, views
