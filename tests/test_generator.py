@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -179,8 +180,17 @@ def test_no_leaked_processes_or_fds_over_many_epochs(row_store):
         assert sum(len(x) for x, _ in adapter.get_numpy_iterator()) == 38
         adapter.on_epoch_end()
         counts.append((len(me.children()), me.num_fds()))
-    assert counts[-1][1] <= counts[2][1] + 2, counts
-    assert counts[-1][0] <= max(c for c, _ in counts[:3]), counts
+    # Keras closes each epoch's pool without joining it: old workers exit in the background,
+    # later on a busy machine. A leak is what is still there once they have had time to go.
+    baseline_children, baseline_fds = max(c for c, _ in counts[:3]), counts[2][1]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = (len(me.children()), me.num_fds())
+        if now[0] <= baseline_children and now[1] <= baseline_fds + 2:
+            break
+        time.sleep(0.5)
+    assert now[0] <= baseline_children, counts + [now]
+    assert now[1] <= baseline_fds + 2, counts + [now]
 
 
 def _probe(script: str, *args, timeout: int = 240) -> dict:

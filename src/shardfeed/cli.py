@@ -26,7 +26,7 @@ class Terminated(BaseException):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.run(args) or 0
     except ShardfeedError as exc:
@@ -38,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("shardfeed: terminated; finish with --resume", file=sys.stderr)
         return EXIT_SIGTERM
+    finally:
+        # Called in-process (tests, notebooks), main must not leave its handler behind: forked
+        # children (data-loading workers) would inherit it and survive their pool's SIGTERM.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _raise_terminated(signum, frame) -> None:
