@@ -189,8 +189,8 @@ def test_no_leaked_processes_or_fds_over_many_epochs(row_store):
         if now[0] <= baseline_children and now[1] <= baseline_fds + 2:
             break
         time.sleep(0.5)
-    assert now[0] <= baseline_children, counts + [now]
-    assert now[1] <= baseline_fds + 2, counts + [now]
+    assert now[0] <= baseline_children, [*counts, now]
+    assert now[1] <= baseline_fds + 2, [*counts, now]
 
 
 def _probe(script: str, *args, timeout: int = 240) -> dict:
