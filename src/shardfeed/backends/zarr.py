@@ -161,31 +161,53 @@ def _create_array(group: zarr.Group, layout: Layout) -> None:
     )
 
 
-class ZarrShardWriter(ShardWriter):
-    def __init__(self, root: Path, layout: Layout, shard: int, shard_file: Path) -> None:
-        with zarr.config.set(WRITE_CONFIG):
-            self._array = zarr.open_array(store=str(root / ARRAY), mode="r+", zarr_format=3)
+class BufferedShardWriter(ShardWriter):
+    """Collects one shard's rows, then writes them with a single assignment to the array."""
+
+    def __init__(self, array: zarr.Array, layout: Layout, shard: int, name: object) -> None:
+        self._array = array
         self._first = shard * layout.shard_rows
         rows = min(layout.shard_rows, layout.num_samples - self._first)
         self._buffer = np.empty((rows, *layout.sample_shape), dtype=layout.dtype)
         self._next = 0
-        self._shard_file = shard_file
-        self._root = root
+        self._name = name
 
     def write(self, block: np.ndarray) -> None:
         # docstring inherited
         self._buffer[self._next : self._next + len(block)] = block
         self._next += len(block)
 
+    def _check_complete(self) -> None:
+        if self._next != len(self._buffer):
+            raise RuntimeError(f"{self._name}: {self._next} of {len(self._buffer)} rows written")
+
+    def _assign(self) -> None:
+        with zarr.config.set(WRITE_CONFIG):
+            self._array[self._first : self._first + len(self._buffer)] = self._buffer
+        self._buffer = None
+
+    def abort(self) -> None:
+        # docstring inherited
+        self._buffer = None
+
+
+class ZarrShardWriter(BufferedShardWriter):
+    """A local shard: written, fsynced with its new directories, then its size returned."""
+
+    def __init__(self, root: Path, layout: Layout, shard: int, shard_file: Path) -> None:
+        with zarr.config.set(WRITE_CONFIG):
+            array = zarr.open_array(store=str(root / ARRAY), mode="r+", zarr_format=3)
+        super().__init__(array, layout, shard, shard_file)
+        self._shard_file = shard_file
+        self._root = root
+
     def close(self) -> int:
         # docstring inherited
-        if self._next != len(self._buffer):
-            raise RuntimeError(f"{self._shard_file}: {self._next} of {len(self._buffer)} rows written")
+        self._check_complete()
         # A leftover shard (no record: a rerun after a crash) would be read and merged; it may
         # be damaged, and the new one replaces all of it anyway.
         self._shard_file.unlink(missing_ok=True)
-        self._array[self._first : self._first + len(self._buffer)] = self._buffer
-        self._buffer = None
+        self._assign()
         fd = os.open(self._shard_file, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -194,10 +216,6 @@ class ZarrShardWriter(ShardWriter):
         for directory in self._shard_file.relative_to(self._root).parents:  # new directories too
             fsync_dir(self._root / directory)
         return self._shard_file.stat().st_size
-
-    def abort(self) -> None:
-        # docstring inherited
-        self._buffer = None
 
 
 class ZarrLibraryReader(ShardReader):

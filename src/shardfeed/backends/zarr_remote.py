@@ -8,18 +8,17 @@ completes, and the manifest, written last, is still the commit point.
 
 from __future__ import annotations
 
-import numpy as np
 import zarr
 
 from ..errors import StoreFormatError
 from ..location import RemoteLocation
 from ..manifest import Manifest, ShardInfo
-from .base import Layout, ShardReader, ShardWriter
+from .base import Layout, ShardReader
 from .remote import RemoteChunkReader
 from .zarr import (
     ARRAY,
     DECODERS,
-    WRITE_CONFIG,
+    BufferedShardWriter,
     ZarrLibraryReader,
     _check_array,
     _create_array,
@@ -32,36 +31,20 @@ def prepare_remote(location: RemoteLocation, layout: Layout) -> None:
     _create_array(group, layout)
 
 
-class RemoteZarrShardWriter(ShardWriter):
-    """Buffers one shard and writes it with a single assignment (one PUT per shard)."""
+class RemoteZarrShardWriter(BufferedShardWriter):
+    """One PUT per shard: the object appears whole or not at all."""
 
     def __init__(self, location: RemoteLocation, layout: Layout, shard: int, shard_path: str) -> None:
+        array = zarr.open_array(store=location.zarr_store(read_only=False), path=ARRAY, mode="r+", zarr_format=3)
+        super().__init__(array, layout, shard, location.url_of(shard_path))
         self._location = location
-        self._array = zarr.open_array(store=location.zarr_store(read_only=False), path=ARRAY,
-                                      mode="r+", zarr_format=3)  # fmt: skip
-        self._first = shard * layout.shard_rows
-        rows = min(layout.shard_rows, layout.num_samples - self._first)
-        self._buffer = np.empty((rows, *layout.sample_shape), dtype=layout.dtype)
-        self._next = 0
         self._shard_path = shard_path
-
-    def write(self, block: np.ndarray) -> None:
-        # docstring inherited
-        self._buffer[self._next : self._next + len(block)] = block
-        self._next += len(block)
 
     def close(self) -> int:
         # docstring inherited
-        if self._next != len(self._buffer):
-            raise RuntimeError(f"{self._shard_path}: {self._next} of {len(self._buffer)} rows written")
-        with zarr.config.set(WRITE_CONFIG):
-            self._array[self._first : self._first + len(self._buffer)] = self._buffer
-        self._buffer = None
+        self._check_complete()
+        self._assign()
         return self._location.size(self._shard_path)
-
-    def abort(self) -> None:
-        # docstring inherited
-        self._buffer = None
 
 
 def open_remote_reader(location: RemoteLocation, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
