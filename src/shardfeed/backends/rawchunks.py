@@ -21,7 +21,7 @@ from ..errors import StoreFormatError
 from .base import ShardReader, copy_rows_from_chunks
 
 Decoder = Callable[[bytes, int], bytes]
-PREAD_MIN_BYTES = 16 * 1024  # above this one pread per row beats a vectorized gather + scatter
+ROW_COPY_MIN_BYTES = 16 * 1024  # larger rows: a loop of single copies beats gather-then-scatter
 
 
 def zlib_decoder(wbits: int) -> Decoder:
@@ -102,13 +102,18 @@ class RawChunkReader(ShardReader):
 
     def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         # docstring inherited
-        if self._decode is None and self._sample_nbytes >= PREAD_MIN_BYTES:
-            self._pread_rows(local_rows, out, positions)
-        elif not self._views:
-            copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions)
+        if not self._views:
+            if self._decode is None:
+                self._pread_rows(local_rows, out, positions)
+            else:
+                copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions)
             return
         first_run, last_run = (np.searchsorted(self._run_first, local_rows[[0, -1]], side="right") - 1).tolist()
-        if first_run == last_run:  # the common case: one fancy index
+        if self._sample_nbytes >= ROW_COPY_MIN_BYTES:  # one copy per row, not gather + scatter
+            runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
+            for run, row, pos in zip(runs.tolist(), local_rows.tolist(), positions.tolist()):
+                out[pos] = self._views[run][row - self._run_first[run]]
+        elif first_run == last_run:  # the common case: one fancy index
             out[positions] = self._views[first_run][local_rows - self._run_first[first_run]]
         else:
             runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
@@ -117,9 +122,10 @@ class RawChunkReader(ShardReader):
                 out[positions[mine]] = self._views[run][local_rows[mine] - self._run_first[run]]
 
     def _pread_rows(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
-        """One pread per row, straight into `out` (the GIL is released during the copy).
+        """One pread per row, straight into `out`: for raw chunks that could not be mapped.
 
-        For large samples this beats a memory map, which pays a page fault per 4 KiB page.
+        A gather from the mapped file is faster once its pages are mapped (the benchmark measured
+        25.6k samples/s with pread against 61k for the gather on 128 KiB samples).
         """
         nbytes = self._sample_nbytes
         chunk, within = np.divmod(local_rows, self._chunk_rows)
