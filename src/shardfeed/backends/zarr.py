@@ -10,6 +10,7 @@ and check the array's metadata against it before zarr reads anything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import stat
@@ -19,6 +20,7 @@ import numcodecs
 import numpy as np
 import zarr
 import zarr.codecs
+import zarr.core.sync
 import zarr.registry
 
 from ..errors import StoreFormatError
@@ -29,6 +31,7 @@ from .rawchunks import Decoder, RawChunkReader, zlib_decoder
 ARRAY = "x"
 MISSING = 2**64 - 1
 MAX_METADATA_BYTES = 1 << 20
+SETTLE_SECONDS = 3.0
 COMPRESSOR_CODECS = {"none": [], "zstd": ["zstd"], "gzip": ["gzip"], "lz4": ["blosc"]}
 LITTLE_ENDIAN_BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
 INDEX_CODECS = [LITTLE_ENDIAN_BYTES, {"name": "crc32c"}]
@@ -182,13 +185,38 @@ class BufferedShardWriter(ShardWriter):
             raise RuntimeError(f"{self._name}: {self._next} of {len(self._buffer)} rows written")
 
     def _assign(self) -> None:
-        with zarr.config.set(WRITE_CONFIG):
-            self._array[self._first : self._first + len(self._buffer)] = self._buffer
+        try:
+            with zarr.config.set(WRITE_CONFIG):
+                self._array[self._first : self._first + len(self._buffer)] = self._buffer
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM raised while zarr was writing
+                _settle_zarr_io()
+            raise
         self._buffer = None
 
     def abort(self) -> None:
         # docstring inherited
         self._buffer = None
+
+
+def _settle_zarr_io(timeout: float = SETTLE_SECONDS) -> None:
+    """Let zarr's IO thread finish what an interrupted call left running.
+
+    The interrupt stops only the wait in this thread; the write goes on in zarr's event loop, and
+    zarr's exit handler then shuts its executor down under it, printing "Task was destroyed" and a
+    traceback after our one-line message. The unfinished shard has no record and is redone.
+    """
+    loop = zarr.core.sync.loop[0]
+    if loop is None or loop.is_closed():
+        return
+
+    async def others_done() -> None:
+        pending = asyncio.all_tasks() - {asyncio.current_task()}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    with contextlib.suppress(TimeoutError, RuntimeError):  # a stuck write; a loop already closing
+        asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout + 1)
 
 
 class ZarrShardWriter(BufferedShardWriter):
