@@ -266,6 +266,15 @@ def test_unlisted_files_are_counted(tmp_path, make_npy_dir):
     assert store.manifest.source["unlisted_files"] == 4
 
 
+def test_hidden_files_are_not_samples_without_a_partition(tmp_path, make_npy_dir):
+    """macOS leaves `._<name>` AppleDouble files beside copied ones; they are not samples."""
+    src, _, _, _ = make_npy_dir(n=3, num_classes=None)
+    (src / "._id-0.npy").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    shardfeed.convert(src, tmp_path / "out")
+    store = shardfeed.open_store(tmp_path / "out")
+    assert store.ids == ["id-0", "id-1", "id-2"] and store.manifest.source["unlisted_files"] == 1
+
+
 # Same inputs and options twice: the same bytes.
 
 

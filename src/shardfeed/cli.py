@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = commands.add_parser("convert", help="pack per-ID .npy files into a store")
-    p.add_argument("src", help="folder of <ID>.npy files")
+    p.add_argument("src", help="folder of <ID>.npy files, or an fsspec URL (s3://bucket/data)")
     p.add_argument("out", help="store to create")
     p.add_argument("--labels", help="JSON {id: label} or CSV id,label")
     p.add_argument("--partition", help="JSON {split: [ids]}; default: every .npy in SRC, split 'all'")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("verify", help="check every sample against its checksum")
     p.add_argument("store")
-    p.add_argument("--source", help="also compare each sample with SRC/<ID>.npy")
+    p.add_argument("--source", help="also compare each sample with SRC/<ID>.npy (a folder or URL)")
     p.add_argument("--quiet", action="store_true")
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_verify)

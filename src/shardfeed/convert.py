@@ -111,9 +111,10 @@ def convert(
     Shards are written by `workers` local processes, or as tasks on a Dask cluster: pass a
     `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
     `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
-    paths (a shared file system). This process always commits the index and manifest.
-    `out` may be an fsspec URL (`s3://bucket/x.zarr`) for a Zarr store; `storage_options` go
-    to fsspec (credentials and endpoint otherwise come from the usual environment variables).
+    paths (a shared file system), or `src` is a URL. This process commits the index and manifest.
+    `src`, `labels`, `partition` and, for a Zarr store, `out` may be fsspec URLs
+    (`s3://bucket/data`); `storage_options` go to fsspec for each of them (credentials and
+    endpoint otherwise come from the usual environment variables).
     `progress(n)` is called with the number of samples written since its last call;
     `on_start(sources, layout)` once every input is validated, before anything is written.
     """
@@ -128,10 +129,10 @@ def convert(
     if overwrite and resume:
         raise OptionError("--overwrite and --resume exclude each other")
     if isinstance(labels, (str, os.PathLike)):
-        labels = read_labels(labels)
+        labels = read_labels(labels, storage_options)
     if isinstance(partition, (str, os.PathLike)):
-        partition = read_partition(partition)
-    sources = scan_sources(src, labels, partition)
+        partition = read_partition(partition, storage_options)
+    sources = scan_sources(src, labels, partition, storage_options)
     layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
     if on_start:
         on_start(sources, layout)
@@ -159,7 +160,7 @@ def convert(
             backend.prepare(root, layout)
             work.create(plan)  # from here on, --resume continues this conversion
             done = {}
-        tasks = [t for t in _tasks(sources, layout, format, root) if t.shard not in done]
+        tasks = [t for t in _tasks(sources, layout, format, root, storage_options) if t.shard not in done]
         _check_free_space(root, layout, sum(len(t.samples) for t in tasks))
         try:
             for record in _shard_records(tasks, workers, progress, client, scheduler):
@@ -251,10 +252,7 @@ def _clear_store(root: Path) -> None:
 
 def _plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
     """Everything that determines the output: a resume must match it exactly."""
-    inputs = []
-    for s in sources.samples:
-        info = os.stat(s.path)
-        inputs.append([s.id, s.split, s.label, str(s.path), info.st_size, info.st_mtime_ns])
+    inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp] for s in sources.samples]
     return {
         "format": format,
         "num_samples": layout.num_samples,

@@ -11,18 +11,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .backends import Layout, ShardReader
-from .errors import ShardfeedError
+from .errors import InputError, ShardfeedError
 from .manifest import ShardInfo, checksum, file_checksum
-from .shardtask import SampleRef, read_sample
-from .sources import read_npy_header
+from .shardtask import SampleRef, read_samples
+from .sources import SampleFinder, open_finder
 from .store import Store
 
 BLOCK_BYTES = 32 * 1024 * 1024
+SOURCE_BATCH = 256  # source samples read at once (concurrently, for URLs)
 
 
 @dataclass
@@ -55,8 +55,12 @@ def sample_checksums(reader: ShardReader, num_rows: int, layout: Layout) -> np.n
 def verify_store(
     store: Store, source: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None
 ) -> VerifyReport:
-    """Check every sample against its checksum, and with `source` against its `.npy` file."""
+    """Check every sample against its checksum, and with `source` against its `.npy` file.
+
+    `source` is a folder or an fsspec URL (opened with the store's storage options).
+    """
     report = VerifyReport()
+    finder = None if source is None else open_finder(source, store.storage_options)
     manifest = store.manifest
     layout = Layout(
         manifest.num_samples, manifest.sample_shape, manifest.np_dtype,
@@ -85,8 +89,8 @@ def verify_store(
         if reasons:
             report.bad_shards[shard.path] = "; ".join(reasons)
         report.samples_checked += shard.num_rows
-        if source is not None:
-            _compare_with_source(store, Path(source), shard.first_row, shard.last_row + 1, report)
+        if finder is not None:
+            _compare_with_source(store, finder, shard.first_row, shard.last_row + 1, report)
         if progress:
             progress(shard.num_rows)
     return report
@@ -110,17 +114,39 @@ def _file_problem(store: Store, shard: ShardInfo) -> str | None:
     return None
 
 
-def _compare_with_source(store: Store, src: Path, start: int, stop: int, report: VerifyReport) -> None:
+def _compare_with_source(store: Store, finder: SampleFinder, start: int, stop: int, report: VerifyReport) -> None:
     """Byte-compare rows [start, stop) with their source files (converted to the stored dtype)."""
-    sample = np.empty(store.sample_shape, dtype=store.dtype)
-    for row in range(start, stop):
+    source_dtype = np.dtype(store.manifest.source.get("dtype", store.dtype))
+    readable: list[tuple[int, SampleRef]] = []
+    for row, found in zip(range(start, stop), finder.find(store.ids[start:stop])):
         sample_id = store.ids[row]
-        path = src / f"{sample_id}.npy"
-        try:
-            header = read_npy_header(path, sample_id)
-            read_sample(SampleRef(sample_id, str(path), header.data_offset, header.fortran_order), sample, header.dtype)
-        except ShardfeedError as exc:
-            report.bad_samples.setdefault(sample_id, f"source unreadable: {exc}")
-            continue
-        if checksum(sample) != store.checksums[row]:
-            report.bad_samples.setdefault(sample_id, f"differs from its source {path}")
+        if isinstance(found, InputError):
+            report.bad_samples.setdefault(sample_id, f"source unreadable: {found}")
+        elif (found.header.shape, found.header.dtype) != (store.sample_shape, source_dtype):
+            report.bad_samples.setdefault(
+                sample_id, f"source {found.path} holds shape {found.header.shape} dtype {found.header.dtype.str}, "
+                f"the store was made from shape {store.sample_shape} dtype {source_dtype.str}",
+            )  # fmt: skip
+        else:
+            readable.append((row, SampleRef(sample_id, str(found.path), found.header.data_offset,
+                                            found.header.fortran_order)))  # fmt: skip
+    for first in range(0, len(readable), SOURCE_BATCH):
+        _compare_batch(store, readable[first : first + SOURCE_BATCH], source_dtype, report)
+
+
+def _compare_batch(store: Store, batch: list[tuple[int, SampleRef]], source_dtype: np.dtype, report) -> None:
+    """One batch of reads (concurrent for URLs); after a failure, one by one to name each bad source."""
+    samples = np.empty((len(batch), *store.sample_shape), dtype=store.dtype)
+    refs = [ref for _, ref in batch]
+    try:
+        read_samples(refs, samples, source_dtype, store.storage_options)
+    except ShardfeedError as exc:
+        if len(batch) == 1:
+            report.bad_samples.setdefault(refs[0].id, f"source unreadable: {exc}")
+        else:
+            for item in batch:
+                _compare_batch(store, [item], source_dtype, report)
+        return
+    for i, (row, ref) in enumerate(batch):
+        if checksum(samples[i, ...]) != store.checksums[row]:
+            report.bad_samples.setdefault(ref.id, f"differs from its source {ref.path}")

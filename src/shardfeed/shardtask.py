@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import errno
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class ShardTask:
     shard: int
     source_dtype: str
     samples: tuple[SampleRef, ...]
-    storage_options: dict | None = None  # for a root that is an fsspec URL
+    storage_options: dict | None = None  # for a root or samples at fsspec URLs
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,9 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
     try:
         for start in range(0, len(task.samples), block_rows):
             refs = task.samples[start : start + block_rows]
-            for i, ref in enumerate(refs):
-                sample = block[i, ...]  # a view even for 0-d samples, where block[i] is a copy
-                read_sample(ref, sample, source_dtype)
-                checksums[start + i] = checksum(sample)
+            read_samples(refs, block, source_dtype, task.storage_options)
+            for i in range(len(refs)):
+                checksums[start + i] = checksum(block[i, ...])
             writer.write(block[: len(refs)])
             progress.add(len(refs))
         fault_point("shard-written")
@@ -118,6 +118,20 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
     return ShardRecord(info, checksums)
 
 
+def read_samples(
+    refs: Sequence[SampleRef], dest: np.ndarray, source_dtype: np.dtype, storage_options: dict | None = None
+) -> None:
+    """Fill the rows of `dest` with the samples of `refs`: from files, or fetched in one batch from URLs."""
+    if not refs or not is_url(refs[0].path):
+        for i, ref in enumerate(refs):
+            read_sample(ref, dest[i, ...], source_dtype)  # [i, ...]: a view even for 0-d samples
+        return
+    from .remote_sources import fetch_samples
+
+    for i, (ref, raw) in enumerate(zip(refs, fetch_samples(refs, dest[0].nbytes, storage_options))):
+        _store(np.frombuffer(raw, dtype=source_dtype), dest[i, ...], ref.fortran_order)
+
+
 def read_sample(ref: SampleRef, dest: np.ndarray, source_dtype: np.dtype) -> None:
     """Read a sample's data into `dest` (C order, stored dtype), refusing a changed file."""
     expected = dest.nbytes
@@ -137,7 +151,12 @@ def read_sample(ref: SampleRef, dest: np.ndarray, source_dtype: np.dtype) -> Non
             f"(expected {expected} data bytes)"
         )
     if not direct:
-        dest[...] = target.reshape(dest.shape, order="F" if ref.fortran_order else "C")
+        _store(target, dest, ref.fortran_order)
+
+
+def _store(data: np.ndarray, dest: np.ndarray, fortran_order: bool) -> None:
+    """Copy a sample's flat data (source dtype and order) into `dest` (stored dtype, C order)."""
+    dest[...] = data.reshape(dest.shape, order="F" if fortran_order else "C")
 
 
 def _read_fully(f, view: memoryview) -> int:

@@ -13,13 +13,15 @@ import math
 import os
 import stat
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
 from .errors import InputError
+from .location import is_url, local_root
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -44,11 +46,12 @@ class Sample:
     """One input sample: its ID, file, split and label (None for an unlabeled store)."""
 
     id: str
-    path: Path
+    path: Path | str  # a str for a sample at an fsspec URL
     split: str
     label: int | None
     fortran_order: bool
     data_offset: int
+    stamp: tuple  # size and modification time (or ETag): a resume refuses inputs that changed
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,10 @@ def check_id(sample_id: object, where: str) -> str:
     return sample_id
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, int | str]:
-    """Labels from a JSON object `{id: label}` or a CSV file with columns `id,label`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read labels: {exc}") from exc
-    if path.suffix.lower() == ".csv":
+def read_labels(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, int | str]:
+    """Labels from a JSON object `{id: label}` or a CSV file with columns `id,label` (a path or URL)."""
+    text = _read_text(path, "labels", storage_options)
+    if str(path).lower().endswith(".csv"):
         rows = list(csv.reader(text.splitlines()))
         if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
             raise InputError(f"{path}: expected a CSV header 'id,label'")
@@ -110,16 +109,15 @@ def read_labels(path: str | os.PathLike) -> dict[str, int | str]:
                 raise InputError(f"{path}:{line_no}: ID {sample_id!r} is labeled twice")
             labels[sample_id] = int(value) if _is_int(value) else value
         return labels
-    data = _load_json(path, "labels")
+    data = _parse_json(text, path, "labels")
     if not isinstance(data, dict):
         raise InputError(f"{path}: labels must be a JSON object {{id: label}}, got {type(data).__name__}")
     return data
 
 
-def read_partition(path: str | os.PathLike) -> dict[str, list[str]]:
-    """A partition: JSON object of split name -> list of IDs."""
-    path = Path(path)
-    data = _load_json(path, "partition")
+def read_partition(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, list[str]]:
+    """A partition: JSON object of split name -> list of IDs (a path or URL)."""
+    data = _parse_json(_read_text(path, "partition", storage_options), path, "partition")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise InputError(f"{path}: partition must be a JSON object {{split: [ids]}}")
     return data
@@ -135,32 +133,44 @@ def read_npy_header(path: Path, sample_id: str) -> NpyHeader:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise InputError(f"{path}: sample {sample_id!r}: not a regular file")
-        magic = f.read(8)
-        if magic[:4] == ZIP_MAGIC:
-            raise InputError(f"{path}: sample {sample_id!r}: is a ZIP archive (.npz?), expected a .npy file")
-        if len(magic) < 8 or magic[:6] != NPY_MAGIC:
-            raise InputError(f"{path}: sample {sample_id!r}: not a .npy file (bad magic), or truncated")
-        version = (magic[6], magic[7])
-        f.seek(0)
-        try:
-            np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
-            else:
-                raise InputError(f"{path}: sample {sample_id!r}: unsupported .npy version {version}")
-        except InputError:
-            raise
-        except Exception as exc:  # numpy raises ValueError, SyntaxError, TypeError... on bad headers
-            reason = " ".join(str(exc).split())  # numpy's messages span lines; ours are one line
-            raise InputError(f"{path}: sample {sample_id!r}: invalid .npy header: {reason}") from exc
-        data_offset = f.tell()
-    return _checked_header(path, sample_id, shape, fortran, dtype, data_offset, info.st_size)
+        return parse_npy_header(f, f"{path}: sample {sample_id!r}", info.st_size)
 
 
-def _checked_header(path, sample_id, shape, fortran, dtype, data_offset, file_size) -> NpyHeader:
-    where = f"{path}: sample {sample_id!r}"
+def parse_npy_header(f: BinaryIO, where: str, file_size: int) -> NpyHeader:
+    """Check the header at the start of `f` (a file, or the first bytes of a remote object)."""
+    magic = f.read(8)
+    if magic[:4] == ZIP_MAGIC:
+        raise InputError(f"{where}: is a ZIP archive (.npz?), expected a .npy file")
+    if len(magic) < 8 or magic[:6] != NPY_MAGIC:
+        raise InputError(f"{where}: not a .npy file (bad magic), or truncated")
+    version = (magic[6], magic[7])
+    f.seek(0)
+    try:
+        np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
+        else:
+            raise InputError(f"{where}: unsupported .npy version {version}")
+    except InputError:
+        raise
+    except Exception as exc:  # numpy raises ValueError, SyntaxError, TypeError... on bad headers
+        reason = " ".join(str(exc).split())  # numpy's messages span lines; ours are one line
+        raise InputError(f"{where}: invalid .npy header: {reason}") from exc
+    return _checked_header(where, shape, fortran, dtype, f.tell(), file_size)
+
+
+def npy_header_end(head: bytes) -> int | None:
+    """Where the data starts according to the first 12 bytes of a `.npy` file, if they say."""
+    if len(head) < 12 or head[:6] != NPY_MAGIC:
+        return None
+    if head[6] == 1:
+        return 10 + int.from_bytes(head[8:10], "little")
+    return 12 + int.from_bytes(head[8:12], "little")
+
+
+def _checked_header(where, shape, fortran, dtype, data_offset, file_size) -> NpyHeader:
     if dtype.hasobject:
         raise InputError(f"{where}: object dtype (a pickle) refused; shardfeed never loads pickles")
     if dtype.kind not in SUPPORTED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
@@ -202,50 +212,100 @@ def resolve_sample_path(src_root: Path, sample_id: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Found:
+    """A sample's file as a finder saw it: where it is, its checked header and its stamp."""
+
+    path: Path | str
+    header: NpyHeader
+    stamp: tuple
+
+
+class SampleFinder(Protocol):
+    """Where `<id>.npy` files are found: a local folder (`LocalFinder`) or an fsspec URL."""
+
+    def npy_names(self) -> list[str]:
+        """The IDs of every `.npy` file in SRC, sorted."""
+
+    def find(self, ids: Sequence[str]) -> Iterator[Found | InputError]:
+        """For each ID in order, its file, or the error that names what is wrong with it."""
+
+
+class LocalFinder:
+    """`<id>.npy` files in a local folder; links may not leave it, and no file counts twice."""
+
+    def __init__(self, src: str | os.PathLike) -> None:
+        self.root = Path(os.path.realpath(src))
+        if not self.root.is_dir():
+            raise InputError(f"{src}: SRC is not a directory")
+        self._inodes: dict[tuple[int, int], str] = {}
+
+    def npy_names(self) -> list[str]:
+        return sorted(p.name[:-4] for p in self.root.iterdir() if p.name.endswith(".npy"))
+
+    def find(self, ids: Sequence[str]) -> Iterator[Found | InputError]:
+        for sample_id in ids:
+            try:
+                path = resolve_sample_path(self.root, sample_id)
+                header = read_npy_header(path, sample_id)
+                info = os.stat(path)
+            except InputError as exc:
+                yield exc
+                continue
+            inode = (info.st_dev, info.st_ino)
+            if self._inodes.setdefault(inode, sample_id) != sample_id:
+                yield InputError(f"{path}: samples {self._inodes[inode]!r} and {sample_id!r} are the same file")
+                continue
+            yield Found(path, header, (info.st_size, info.st_mtime_ns))
+
+
+def open_finder(src: str | os.PathLike, storage_options: dict | None = None) -> SampleFinder:
+    if is_url(src):
+        from .remote_sources import RemoteFinder
+
+        return RemoteFinder(str(src), storage_options)
+    return LocalFinder(local_root(src))
+
+
 def scan_sources(
     src: str | os.PathLike,
     labels: Mapping[str, int | str] | None = None,
     partition: Mapping[str, Sequence[str]] | None = None,
+    storage_options: dict | None = None,
 ) -> SourceSet:
-    """Validate every input before anything is written, and fix the row order."""
-    src_root = Path(os.path.realpath(src))
-    if not src_root.is_dir():
-        raise InputError(f"{src}: SRC is not a directory")
-    npy_names = sorted(p.name[:-4] for p in src_root.iterdir() if p.name.endswith(".npy"))
+    """Validate every input before anything is written, and fix the row order.
+
+    `src` is a folder or an fsspec URL. Without a partition, every `.npy` file in it is a
+    sample, except hidden ones (`._x.npy` from macOS, editors' backups), which are counted as
+    unlisted files like those a partition leaves out.
+    """
+    finder = open_finder(src, storage_options)
+    npy_names = finder.npy_names()
     if partition is None:
-        if not npy_names:
+        partition = {DEFAULT_SPLIT: [n for n in npy_names if not n.startswith(".")]}
+        if not partition[DEFAULT_SPLIT]:
             raise InputError(f"{src}: SRC holds no .npy files")
-        partition = {DEFAULT_SPLIT: npy_names}
     ordered = _ordered_ids(partition)
     if not ordered:
         raise InputError("partition lists no IDs")
     encoded_labels, class_names, num_classes = _encode_labels(labels, [i for i, _ in ordered])
     samples: list[Sample] = []
-    inodes: dict[tuple[int, int], str] = {}
-    first: tuple[str, Path, NpyHeader] | None = None
-    for sample_id, split in ordered:
-        path = resolve_sample_path(src_root, sample_id)
-        header = read_npy_header(path, sample_id)
-        info = os.stat(path)
-        inode = (info.st_dev, info.st_ino)
-        if inode in inodes:
-            raise InputError(f"{path}: samples {inodes[inode]!r} and {sample_id!r} are the same file")
-        inodes[inode] = sample_id
+    first: tuple[str, Found] | None = None
+    for (sample_id, split), found in zip(ordered, finder.find([i for i, _ in ordered])):
+        if isinstance(found, InputError):
+            raise found
         if first is None:
-            first = (sample_id, path, header)
-        elif (header.shape, header.dtype) != (first[2].shape, first[2].dtype):
-            raise InputError(
-                f"{path}: sample {sample_id!r} has shape {header.shape} dtype {header.dtype.str}, "
-                f"which differs from shape {first[2].shape} dtype {first[2].dtype.str} of {first[1]} "
-                f"(sample {first[0]!r}); all samples must share shape and dtype"
-            )
+            first = (sample_id, found)
+        else:
+            _check_same_kind(first, sample_id, found)
         label = None if encoded_labels is None else encoded_labels[sample_id]
-        samples.append(Sample(sample_id, path, split, label, header.fortran_order, header.data_offset))
+        h = found.header
+        samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset, found.stamp))
     splits: dict[str, int] = {}
     for s in samples:
         splits[s.split] = splits.get(s.split, 0) + 1
     listed = {s.id for s in samples}
-    first_header = first[2]  # type: ignore[index]  # ordered is non-empty
+    first_header = first[1].header  # type: ignore[index]  # ordered is non-empty
     return SourceSet(
         samples=tuple(samples),
         sample_shape=first_header.shape,
@@ -255,6 +315,17 @@ def scan_sources(
         num_classes=num_classes,
         unlisted_files=sum(1 for n in npy_names if n not in listed),
     )
+
+
+def _check_same_kind(first: tuple[str, Found], sample_id: str, found: Found) -> None:
+    (first_id, first_found), header = first, found.header
+    expected = first_found.header
+    if (header.shape, header.dtype) != (expected.shape, expected.dtype):
+        raise InputError(
+            f"{found.path}: sample {sample_id!r} has shape {header.shape} dtype {header.dtype.str}, "
+            f"which differs from shape {expected.shape} dtype {expected.dtype.str} of {first_found.path} "
+            f"(sample {first_id!r}); all samples must share shape and dtype"
+        )
 
 
 def _ordered_ids(partition: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
@@ -306,10 +377,24 @@ def _encode_labels(
     )
 
 
-def _load_json(path: Path, what: str):
+def _read_text(path: str | os.PathLike, what: str, storage_options: dict | None) -> str:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: also bad UTF-8, huge ints
+        if is_url(path):
+            import fsspec
+
+            with fsspec.open(str(path), "rb", **(storage_options or {})) as f:
+                data = f.read()
+        else:
+            data = local_root(path).read_bytes()
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read {what}: {exc}") from exc
+
+
+def _parse_json(text: str, path: str | os.PathLike, what: str):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: also huge ints
         raise InputError(f"{path}: cannot read {what} JSON: {exc}") from exc
 
 

@@ -48,6 +48,7 @@ class Store:
     ) -> None:
         self.fast = fast
         self.verify = verify
+        self.storage_options = storage_options  # also for a `verify --source` at a URL
         if is_url(path):
             self.location: RemoteLocation | None = RemoteLocation(str(path), storage_options)
             self.path: Path | str = self.location.url
