@@ -241,3 +241,15 @@ def test_resume_from_s3_inputs_refuses_a_changed_object(s3_server, tmp_path, mak
     shardfeed.convert(src, tmp_path / "local", format="hdf5", labels=labels, partition=partition,
                       chunk_rows=2, shard_size=96)  # fmt: skip
     assert _store_files(out) == _store_files(tmp_path / "local")
+
+
+def test_dask_workers_read_inputs_from_s3(s3_server, tmp_path, make_npy_dir):
+    """Dask tasks fetch their samples from the URL themselves: no shared file system for inputs."""
+    pytest.importorskip("distributed")
+    src, labels, partition, _ = make_npy_dir(n=24)
+    urls = _upload(src, labels, partition, "dask-inputs")
+    options = dict(chunk_rows=2, shard_size=96)
+    shardfeed.convert(src, tmp_path / "local", labels=labels, partition=partition, **options)
+    shardfeed.convert(urls[0], tmp_path / "dask", labels=urls[1], partition=urls[2], scheduler="local", workers=2,
+                      **options)  # fmt: skip
+    assert _store_files(tmp_path / "dask") == _store_files(tmp_path / "local")
