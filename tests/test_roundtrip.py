@@ -239,3 +239,14 @@ def test_roundtrip_property(data, fmt, chunk_rows, shard_rows):
                           shard_size=max(1, shard_rows * arrays[0].nbytes))  # fmt: skip
         store = assert_roundtrip(out, src)
         assert store.splits == {"all": len(arrays)}
+
+
+@pytest.mark.parametrize(("compression", "expected_chunk"), [("none", 16), ("zstd", 4)])
+def test_default_chunks_are_smaller_when_compressed(tmp_path, make_npy_dir, compression, expected_chunk):
+    """A random read decodes a whole chunk: compressed chunks default to ~64 KiB, raw ones to ~256 KiB."""
+    src, _, _, _ = make_npy_dir(n=40, shape=(64, 64), num_classes=None)  # 16 KiB samples
+    shardfeed.convert(src, tmp_path / "out", compression=compression)
+    store = shardfeed.open_store(tmp_path / "out")
+    assert store.manifest.chunk_rows == expected_chunk
+    rows = np.random.default_rng(1).permutation(40)
+    assert store.read(rows).tobytes() == shardfeed.open_store(tmp_path / "out", fast=False).read(rows).tobytes()

@@ -44,6 +44,8 @@ from .sources import SourceSet, read_labels, read_partition, scan_sources
 from .workdir import StoreLock, WorkDir, input_digests
 
 CHUNK_TARGET_BYTES = 256 * 1024
+# A random read decodes a whole compressed chunk for the rows it wants: smaller chunks waste less.
+COMPRESSED_CHUNK_TARGET_BYTES = 64 * 1024
 DEFAULT_SHARD_SIZE = "128MB"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
@@ -66,11 +68,13 @@ def parse_size(text: str | int) -> int:
 
 
 def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int, compression: str) -> Layout:
-    """Chunks of ~256 KiB (a power of two of rows) unless given; shards a whole number of chunks."""
+    """Chunks of ~256 KiB (64 KiB compressed; a power of two of rows) unless given; shards a whole
+    number of chunks."""
     n = len(sources.samples)
     nbytes = sources.sample_nbytes
     if chunk_rows is None:
-        chunk_rows = 2 ** max(0, math.floor(math.log2(max(1, CHUNK_TARGET_BYTES // nbytes))))
+        target = CHUNK_TARGET_BYTES if compression == "none" else COMPRESSED_CHUNK_TARGET_BYTES
+        chunk_rows = 2 ** max(0, math.floor(math.log2(max(1, target // nbytes))))
     if chunk_rows < 1:
         raise OptionError(f"chunk rows must be >= 1, got {chunk_rows}")
     chunk_rows = min(chunk_rows, n)

@@ -109,9 +109,22 @@ def chunk_groups(local_rows: np.ndarray, chunk_rows: int) -> list[tuple[int, int
 
 
 def copy_rows_from_chunks(
-    read_chunk, local_rows: np.ndarray, chunk_rows: int, out: np.ndarray, positions: np.ndarray
+    read_chunk, local_rows: np.ndarray, chunk_rows: int, out: np.ndarray, positions: np.ndarray, pool=None
 ) -> None:
-    """Read each touched chunk once with `read_chunk(chunk) -> array` and scatter its rows."""
-    for chunk, a, b in chunk_groups(local_rows, chunk_rows):
-        data = read_chunk(chunk)
-        out[positions[a:b]] = data[local_rows[a:b] - chunk * chunk_rows]
+    """Read each touched chunk once with `read_chunk(chunk) -> array` and scatter its rows.
+
+    With a `concurrent.futures` executor as `pool`, chunks are read (decoded) in parallel; each
+    writes only its own rows of `out`.
+    """
+
+    def copy(group: tuple[int, int, int]) -> None:
+        chunk, a, b = group
+        out[positions[a:b]] = read_chunk(chunk)[local_rows[a:b] - chunk * chunk_rows]
+
+    groups = chunk_groups(local_rows, chunk_rows)
+    if pool is None or len(groups) < 2:
+        for group in groups:
+            copy(group)
+    else:
+        for _ in pool.map(copy, groups):  # re-raises the first failure
+            pass

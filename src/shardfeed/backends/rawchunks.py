@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,32 @@ from .base import ShardReader, copy_rows_from_chunks
 
 Decoder = Callable[[bytes, int], bytes]
 ROW_COPY_MIN_BYTES = 16 * 1024  # larger rows: a loop of single copies beats gather-then-scatter
+MAX_DECODE_THREADS = 8
+
+_decode_pool: ThreadPoolExecutor | None = None
+_decode_pool_lock = threading.Lock()
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """This process's threads for decoding chunks in parallel (zstd, zlib and blosc release the GIL).
+
+    A batch touching many compressed chunks (global shuffle) decodes them on every core.
+    """
+    global _decode_pool
+    with _decode_pool_lock:
+        if _decode_pool is None:
+            threads = min(MAX_DECODE_THREADS, len(os.sched_getaffinity(0)))
+            _decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="shardfeed-decode")
+        return _decode_pool
+
+
+def _forget_decode_pool() -> None:
+    """A forked child (a Keras worker) has none of its parent's threads: it starts its own pool."""
+    global _decode_pool, _decode_pool_lock
+    _decode_pool, _decode_pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_decode_pool)
 
 
 def zlib_decoder(wbits: int) -> Decoder:
@@ -101,8 +129,8 @@ class RawChunkReader(ShardReader):
 
     def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         # docstring inherited
-        if not self._views:  # compressed chunks: decode each touched chunk once
-            copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions)
+        if not self._views:  # compressed chunks: decode each touched chunk once, in parallel
+            copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions, decode_pool())
             return
         first_run, last_run = (np.searchsorted(self._run_first, local_rows[[0, -1]], side="right") - 1).tolist()
         if self._sample_nbytes >= ROW_COPY_MIN_BYTES:  # one copy per row, not gather + scatter
