@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .buffers import BufferPool
 from .errors import OptionError
 from .sampling import MODES, epoch_order, host_share_from_env, num_batches
 from .store import Store, open_store
@@ -88,6 +89,7 @@ class BatchSource:
             )
         self._orders: dict[int, np.ndarray] = {}
         self._orders_lock = threading.Lock()
+        self._buffers = BufferPool()
 
     def _select(self, split: str | None, ids: Sequence[str] | None) -> np.ndarray:
         if ids is not None:
@@ -138,9 +140,12 @@ class BatchSource:
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
         """`(x,)` or `(x, y)` for batch `index` of `epoch`."""
         rows = self.batch_rows(epoch, index)
-        x = self.store.read(rows)
-        if x.dtype != self.dtype:
-            x = x.astype(self.dtype)
+        shape = (len(rows), *self.store.sample_shape)
+        x = self._buffers.take(shape, self.dtype)
+        if self.dtype == self.store.dtype:
+            self.store.read(rows, out=x)
+        else:
+            np.copyto(x, self.store.read(rows, out=self._buffers.take(shape, self.store.dtype)), casting="unsafe")
         if self.labels is None:
             return (x,)
         y = self.store.labels[rows]

@@ -1,0 +1,74 @@
+"""Batch arrays that are reused once nobody holds them any more, aligned for TensorFlow.
+
+A fresh multi-MiB array is mapped in by the kernel page by page on its first write: for a batch
+of 64 samples of 128 KiB that costs about as much as copying the samples (1.4 ms against
+0.7 ms per batch, measured here), and it happens again for every batch because the allocator
+returns such blocks to the system when they are freed. Reusing batch arrays removes that cost.
+TensorFlow shares a numpy array's memory instead of copying it when the data is 64-byte
+aligned (numpy only guarantees 16): `tf.data.Dataset.from_generator`, which Keras feeds a
+PyDataset through, then costs 0.74 instead of 1.6 ms per 8 MiB batch here.
+
+A buffer is handed out again only when this pool holds the only references to it and to its
+memory, so a batch that the caller keeps, or that a TensorFlow tensor still shares, is never
+overwritten (CPython's reference counts tell: views of a batch refer to its memory's owner).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+ALIGNMENT = 64
+MAX_BUFFERS = 16
+MAX_POOLED_BYTES = 256 * 2**20
+MIN_POOLED_BYTES = 256 * 2**10  # below this, malloc reuses memory by itself
+
+# References seen from `take` to a free buffer: the pool's pair, the loop variable, getrefcount's
+# argument; its memory's owner also has the buffer's `base`.
+_FREE_ARRAY_REFS, _FREE_OWNER_REFS = 3, 4
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts at a multiple of `ALIGNMENT`."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    owner = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -owner.ctypes.data % ALIGNMENT
+    return owner[start : start + nbytes].view(dtype).reshape(shape)
+
+
+class BufferPool:
+    """Aligned arrays handed out again once their users have dropped them. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._buffers: list[tuple[np.ndarray, np.ndarray]] = []  # (memory owner, array)
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialized aligned C-contiguous array, a free pooled one when there is one."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < MIN_POOLED_BYTES:
+            return aligned_empty(shape, dtype)
+        with self._lock:
+            for owner, array in self._buffers:
+                if (
+                    array.shape == shape
+                    and array.dtype == dtype
+                    and sys.getrefcount(array) == _FREE_ARRAY_REFS
+                    and sys.getrefcount(owner) == _FREE_OWNER_REFS
+                ):
+                    return array
+            fresh = aligned_empty(shape, dtype)
+            pooled = sum(a.nbytes for _, a in self._buffers)
+            if len(self._buffers) < MAX_BUFFERS and pooled + nbytes <= MAX_POOLED_BYTES:
+                self._buffers.append((fresh.base, fresh))
+            return fresh
+
+    def __getstate__(self) -> dict:
+        return {}  # a copy in another process starts empty
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
