@@ -46,7 +46,7 @@ def test_pool_is_bounded_and_small_arrays_are_not_pooled():
 
 def test_buffers_are_aligned_and_contiguous():
     pool = BufferPool()
-    for shape in [SHAPE, (3, 5), (1,), (7, 1, 3)]:
+    for shape in [SHAPE, (3, 5, 8192), (7, 1, 3, 4096)]:
         array = pool.take(shape, np.float64)
         assert array.ctypes.data % ALIGNMENT == 0 and array.flags.c_contiguous and array.shape == shape
 

@@ -370,3 +370,31 @@ def test_read_reports_missing_shard(small_store):
     assert len(store.read([0])) == 1
     with pytest.raises(FileNotFoundError, match=r"shard \d+ is missing"):
         store.read([last.first_row])
+
+
+@pytest.mark.parametrize("sample_shape", [(3, 5), (64, 64)], ids=["small-rows", "row-per-copy"])
+@pytest.mark.parametrize("gap", [0, 24], ids=["one-run", "chunk-per-run"])
+def test_raw_chunk_reader_any_layout_any_order(tmp_path, sample_shape, gap):
+    """Chunks back to back (one view) or apart (a view per run): rows in any order, repeats too."""
+    from shardfeed.backends.rawchunks import RawChunkReader
+
+    chunk_rows, num_chunks = 4, 6
+    data = np.random.default_rng(5).standard_normal((chunk_rows * num_chunks, *sample_shape)).astype("<f4")
+    chunk_nbytes = data[:chunk_rows].nbytes
+    offsets = np.arange(num_chunks) * (chunk_nbytes + gap) + 8
+    path = tmp_path / "chunks.bin"
+    with open(path, "wb") as f:
+        for k, offset in enumerate(offsets):
+            f.seek(offset)
+            f.write(data[k * chunk_rows : (k + 1) * chunk_rows].tobytes())
+    reader = RawChunkReader(path, offsets, np.full(num_chunks, chunk_nbytes), chunk_rows, sample_shape,
+                            np.dtype("<f4"), None)  # fmt: skip
+    rows = np.random.default_rng(6).integers(0, len(data), 40)
+    out = np.empty((len(rows), *sample_shape), "<f4")
+    assert reader.gather(rows, out)
+    np.testing.assert_array_equal(out, data[rows])
+    order = np.argsort(rows, kind="stable")
+    out[...] = 0
+    reader.read(rows[order], out, order)
+    np.testing.assert_array_equal(out, data[rows])
+    reader.close()

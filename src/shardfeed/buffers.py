@@ -15,6 +15,7 @@ overwritten (CPython's reference counts tell: views of a batch refer to its memo
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -33,7 +34,7 @@ _FREE_ARRAY_REFS, _FREE_OWNER_REFS = 3, 4
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialized C-contiguous array whose data starts at a multiple of `ALIGNMENT`."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     owner = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     start = -owner.ctypes.data % ALIGNMENT
     return owner[start : start + nbytes].view(dtype).reshape(shape)
@@ -47,11 +48,11 @@ class BufferPool:
         self._lock = threading.Lock()
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An uninitialized aligned C-contiguous array, a free pooled one when there is one."""
+        """An uninitialized C-contiguous array (aligned if pooled), a free pooled one when there is one."""
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes < MIN_POOLED_BYTES:
-            return aligned_empty(shape, dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < MIN_POOLED_BYTES:  # cheap to fault in, and to copy where TensorFlow must
+            return np.empty(shape, dtype)
         with self._lock:
             for owner, array in self._buffers:
                 if (

@@ -166,13 +166,25 @@ class Store:
             )
         if len(rows) == 0:
             return out
+        lowest, highest = int(rows.min()), int(rows.max())
+        if lowest < 0 or highest >= len(self):
+            bad = lowest if lowest < 0 else highest
+            raise IndexError(f"{self.path}: row {bad} out of range for {len(self)} samples")
+        first, last = (np.searchsorted(self._shard_starts, [lowest, highest], side="right") - 1).tolist()
+        if first == last and self._reader(first).gather(rows - self._shard_starts[first], out):
+            pass  # one shard of raw chunks: rows copied in the caller's order, nothing sorted
+        else:
+            self._read_sorted(rows, out)
+        if self.verify:
+            self._check(rows, out)
+        return out
+
+    def _read_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Rows grouped by shard, ascending within each, so that readers read each chunk once."""
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
-        if sorted_rows[0] < 0 or sorted_rows[-1] >= len(self):
-            bad = sorted_rows[0] if sorted_rows[0] < 0 else sorted_rows[-1]
-            raise IndexError(f"{self.path}: row {bad} out of range for {len(self)} samples")
         first, last = (np.searchsorted(self._shard_starts, sorted_rows[[0, -1]], side="right") - 1).tolist()
-        if first == last:  # the common case: one shard, one reader call
+        if first == last:
             self._reader(first).read(sorted_rows - self._shard_starts[first], out, order)
         else:
             shards = np.searchsorted(self._shard_starts, sorted_rows, side="right") - 1
@@ -181,9 +193,6 @@ class Store:
                 shard = int(shards[a])
                 local = sorted_rows[a:b] - self._shard_starts[shard]
                 self._reader(shard).read(local, out, order[a:b])
-        if self.verify:
-            self._check(rows, out)
-        return out
 
     def _check(self, rows: np.ndarray, out: np.ndarray) -> None:
         expected = self._index.checksums[rows]

@@ -56,6 +56,11 @@ class ShardReader(ABC):
     def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         """Set `out[positions[i]] = sample(local_rows[i])`; `local_rows` is sorted ascending."""
 
+    def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
+        """Set `out[i] = sample(local_rows[i])` for rows in any order, if this reader can do that
+        without sorting them (raw chunks can); returns whether it did."""
+        return False
+
     @abstractmethod
     def close(self) -> None:
         """Release file handles."""

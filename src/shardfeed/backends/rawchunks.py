@@ -132,18 +132,30 @@ class RawChunkReader(ShardReader):
         if not self._views:  # compressed chunks: decode each touched chunk once, in parallel
             copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions, decode_pool())
             return
-        first_run, last_run = (np.searchsorted(self._run_first, local_rows[[0, -1]], side="right") - 1).tolist()
+        self._copy_raw(local_rows, out, positions)
+
+    def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
+        # docstring inherited
+        if not self._views:
+            return False
+        self._copy_raw(local_rows, out, None)
+        return True
+
+    def _copy_raw(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray | None) -> None:
+        """Copy rows (in any order) from the run views; `positions` None means row i to out[i]."""
+        runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
         if self._sample_nbytes >= ROW_COPY_MIN_BYTES:  # one copy per row, not gather + scatter
-            runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
-            for run, row, pos in zip(runs.tolist(), local_rows.tolist(), positions.tolist()):
+            targets = range(len(local_rows)) if positions is None else positions.tolist()
+            for run, row, pos in zip(runs.tolist(), local_rows.tolist(), targets):
                 out[pos] = self._views[run][row - self._run_first[run]]
-        elif first_run == last_run:  # the common case: one fancy index
-            out[positions] = self._views[first_run][local_rows - self._run_first[first_run]]
+        elif len(self._views) == 1 and positions is None:  # one run, rows in order: one gather
+            # "clip" is never used (rows are checked by Store.read); "raise" would buffer `out`.
+            np.take(self._views[0], local_rows, axis=0, out=out, mode="clip")
         else:
-            runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
             for run in np.unique(runs).tolist():
                 mine = runs == run
-                out[positions[mine]] = self._views[run][local_rows[mine] - self._run_first[run]]
+                rows = self._views[run][local_rows[mine] - self._run_first[run]]
+                out[mine if positions is None else positions[mine]] = rows
 
     def _read_chunk(self, chunk: int) -> np.ndarray:
         start, size = int(self._offsets[chunk]), int(self._sizes[chunk])
