@@ -20,7 +20,7 @@ from .backends import Layout, get_backend
 from .errors import DiskFullError, InputError
 from .faults import fault_point
 from .location import RemoteLocation, is_url
-from .manifest import ShardInfo, checksum, file_checksum, shard_checksum
+from .manifest import ShardInfo, checksum, shard_checksum
 
 WRITE_BLOCK_BYTES = 4 * 2**20
 
@@ -94,7 +94,7 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
             writer.write(block[: len(refs)])
             progress.add(len(refs))
         fault_point("shard-written")
-        nbytes = writer.close()
+        written = writer.close()
     except BaseException as exc:
         writer.abort()
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
@@ -109,11 +109,9 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
         path=path,
         first_row=first,
         last_row=first + len(task.samples) - 1,
-        nbytes=nbytes,
+        nbytes=written.nbytes,
         checksum=shard_checksum(checksums),
-        file_checksum=(
-            file_checksum(Path(task.root) / path) if location is None else checksum(location.read_bytes(path))
-        ),
+        file_checksum=written.file_checksum,
     )
     return ShardRecord(info, checksums)
 

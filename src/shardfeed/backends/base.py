@@ -33,6 +33,15 @@ class Layout:
         return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
 
 
+@dataclass(frozen=True)
+class WrittenShard:
+    """A shard file's size and the CRC32 of its bytes, taken from the bytes as they were written
+    (reading the file back would cost a second pass, and a download for a remote store)."""
+
+    nbytes: int
+    file_checksum: int
+
+
 class ShardWriter(ABC):
     """Receives one shard's rows in order; `close` makes the shard durable at its final path."""
 
@@ -41,8 +50,8 @@ class ShardWriter(ABC):
         """Append `block` (rows, *sample_shape) after the rows already written."""
 
     @abstractmethod
-    def close(self) -> int:
-        """Flush, fsync and move into place; return the shard's size in bytes."""
+    def close(self) -> WrittenShard:
+        """Flush, fsync and move into place; return what was written."""
 
     @abstractmethod
     def abort(self) -> None:
@@ -55,6 +64,11 @@ class ShardReader(ABC):
     @abstractmethod
     def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         """Set `out[positions[i]] = sample(local_rows[i])`; `local_rows` is sorted ascending."""
+
+    def rows_view(self) -> np.ndarray | None:
+        """All rows of the shard as one read-only array over mapped memory, if its chunks are raw
+        and lie back to back (as shardfeed writes them); else None."""
+        return None
 
     def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
         """Set `out[i] = sample(local_rows[i])` for rows in any order, if this reader can do that

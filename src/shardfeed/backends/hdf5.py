@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 
 from ..errors import StoreFormatError
-from ..manifest import Manifest, ShardInfo, write_atomic
-from .base import Backend, Layout, ShardReader, ShardWriter, copy_rows_from_chunks
+from ..manifest import Manifest, ShardInfo, checksum, write_atomic
+from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard, copy_rows_from_chunks
 from .rawchunks import RawChunkReader, zlib_decoder
 
 DATASET = "x"
@@ -93,7 +93,7 @@ class HDF5ShardWriter(ShardWriter):
         self._dset[self._next : self._next + len(block)] = block
         self._next += len(block)
 
-    def close(self) -> int:
+    def close(self) -> WrittenShard:
         # docstring inherited
         if self._next != self._dset.shape[0]:
             raise RuntimeError(f"{self._final}: {self._next} of {self._dset.shape[0]} rows written")
@@ -102,7 +102,7 @@ class HDF5ShardWriter(ShardWriter):
         self._file.close()
         self._final.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self._final, image)
-        return len(image)
+        return WrittenShard(len(image), checksum(image))
 
     def abort(self) -> None:
         # docstring inherited

@@ -134,6 +134,10 @@ class RawChunkReader(ShardReader):
             return
         self._copy_raw(local_rows, out, positions)
 
+    def rows_view(self) -> np.ndarray | None:
+        # docstring inherited
+        return self._views[0] if len(self._views) == 1 else None
+
     def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
         # docstring inherited
         if not self._views:

@@ -22,10 +22,11 @@ import zarr
 import zarr.codecs
 import zarr.core.sync
 import zarr.registry
+from zarr.storage import LocalStore, WrapperStore
 
 from ..errors import StoreFormatError
-from ..manifest import Manifest, ShardInfo, fsync_dir
-from .base import Backend, Layout, ShardReader, ShardWriter, copy_rows_from_chunks
+from ..manifest import Manifest, ShardInfo, checksum, fsync_dir
+from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard, copy_rows_from_chunks
 from .rawchunks import Decoder, RawChunkReader, zlib_decoder
 
 ARRAY = "x"
@@ -99,7 +100,7 @@ class ZarrBackend(Backend):
 
     def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
         # docstring inherited
-        return ZarrShardWriter(root, layout, shard, root / self.shard_path(layout, shard))
+        return ZarrShardWriter(root, layout, shard, self.shard_path(layout, shard))
 
     def open_reader(
         self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
@@ -164,11 +165,27 @@ def _create_array(group: zarr.Group, layout: Layout) -> None:
     )
 
 
+class RecordingStore(WrapperStore):
+    """Passes writes on to a zarr store, noting each object's size and CRC32 on the way."""
+
+    def __init__(self, store) -> None:
+        super().__init__(store)
+        self.written: dict[str, tuple[int, int]] = {}
+
+    async def set(self, key: str, value) -> None:
+        data = value.as_numpy_array()
+        self.written[key] = (len(data), checksum(data))
+        await self._store.set(key, value)
+
+
 class BufferedShardWriter(ShardWriter):
     """Collects one shard's rows, then writes them with a single assignment to the array."""
 
-    def __init__(self, array: zarr.Array, layout: Layout, shard: int, name: object) -> None:
-        self._array = array
+    def __init__(self, store, layout: Layout, shard: int, shard_key: str, name: object) -> None:
+        self._store = RecordingStore(store)
+        with zarr.config.set(WRITE_CONFIG):
+            self._array = zarr.open_array(store=self._store, path=ARRAY, mode="r+", zarr_format=3)
+        self._shard_key = shard_key
         self._first = shard * layout.shard_rows
         rows = min(layout.shard_rows, layout.num_samples - self._first)
         self._buffer = np.empty((rows, *layout.sample_shape), dtype=layout.dtype)
@@ -184,7 +201,8 @@ class BufferedShardWriter(ShardWriter):
         if self._next != len(self._buffer):
             raise RuntimeError(f"{self._name}: {self._next} of {len(self._buffer)} rows written")
 
-    def _assign(self) -> None:
+    def _assign(self) -> WrittenShard:
+        """Write the shard; its size and checksum as zarr handed its bytes to the store."""
         try:
             with zarr.config.set(WRITE_CONFIG):
                 self._array[self._first : self._first + len(self._buffer)] = self._buffer
@@ -193,6 +211,9 @@ class BufferedShardWriter(ShardWriter):
                 _settle_zarr_io()
             raise
         self._buffer = None
+        if set(self._store.written) != {self._shard_key}:
+            raise RuntimeError(f"{self._name}: zarr wrote {sorted(self._store.written)}, expected {self._shard_key}")
+        return WrittenShard(*self._store.written[self._shard_key])
 
     def abort(self) -> None:
         # docstring inherited
@@ -220,22 +241,20 @@ def _settle_zarr_io(timeout: float = SETTLE_SECONDS) -> None:
 
 
 class ZarrShardWriter(BufferedShardWriter):
-    """A local shard: written, fsynced with its new directories, then its size returned."""
+    """A local shard: written, then fsynced with its new directories."""
 
-    def __init__(self, root: Path, layout: Layout, shard: int, shard_file: Path) -> None:
-        with zarr.config.set(WRITE_CONFIG):
-            array = zarr.open_array(store=str(root / ARRAY), mode="r+", zarr_format=3)
-        super().__init__(array, layout, shard, shard_file)
-        self._shard_file = shard_file
+    def __init__(self, root: Path, layout: Layout, shard: int, shard_key: str) -> None:
+        self._shard_file = root / shard_key
+        super().__init__(LocalStore(root), layout, shard, shard_key, self._shard_file)
         self._root = root
 
-    def close(self) -> int:
+    def close(self) -> WrittenShard:
         # docstring inherited
         self._check_complete()
         # A leftover shard (no record: a rerun after a crash) would be read and merged; it may
         # be damaged, and the new one replaces all of it anyway.
         self._shard_file.unlink(missing_ok=True)
-        self._assign()
+        written = self._assign()
         fd = os.open(self._shard_file, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -243,7 +262,7 @@ class ZarrShardWriter(BufferedShardWriter):
             os.close(fd)
         for directory in self._shard_file.relative_to(self._root).parents:  # new directories too
             fsync_dir(self._root / directory)
-        return self._shard_file.stat().st_size
+        return written
 
 
 class ZarrLibraryReader(ShardReader):

@@ -13,7 +13,7 @@ import zarr
 from ..errors import StoreFormatError
 from ..location import RemoteLocation
 from ..manifest import Manifest, ShardInfo
-from .base import Layout, ShardReader
+from .base import Layout, ShardReader, WrittenShard
 from .remote import RemoteChunkReader
 from .zarr import (
     ARRAY,
@@ -35,16 +35,12 @@ class RemoteZarrShardWriter(BufferedShardWriter):
     """One PUT per shard: the object appears whole or not at all."""
 
     def __init__(self, location: RemoteLocation, layout: Layout, shard: int, shard_path: str) -> None:
-        array = zarr.open_array(store=location.zarr_store(read_only=False), path=ARRAY, mode="r+", zarr_format=3)
-        super().__init__(array, layout, shard, location.url_of(shard_path))
-        self._location = location
-        self._shard_path = shard_path
+        super().__init__(location.zarr_store(read_only=False), layout, shard, shard_path, location.url_of(shard_path))
 
-    def close(self) -> int:
+    def close(self) -> WrittenShard:
         # docstring inherited
         self._check_complete()
-        self._assign()
-        return self._location.size(self._shard_path)
+        return self._assign()
 
 
 def open_remote_reader(location: RemoteLocation, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
