@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 
 from shardfeed.batches import BatchSource
 from shardfeed.buffers import ALIGNMENT, MAX_BUFFERS, BufferPool
@@ -51,11 +52,12 @@ def test_buffers_are_aligned_and_contiguous():
         assert array.ctypes.data % ALIGNMENT == 0 and array.flags.c_contiguous and array.shape == shape
 
 
-def test_pickled_pool_starts_empty():
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickled_pool_starts_empty_and_works(protocol):
     pool = BufferPool()
     kept = pool.take(SHAPE, np.float32)
-    copy = pickle.loads(pickle.dumps(pool))
-    assert copy._buffers == [] and kept.shape == SHAPE
+    copy = pickle.loads(pickle.dumps(pool, protocol))
+    assert copy._buffers == [] and copy.take(SHAPE, np.float32).shape == SHAPE and kept.shape == SHAPE
 
 
 def test_batches_kept_by_the_caller_never_change(tmp_path, make_npy_dir):

@@ -68,8 +68,5 @@ class BufferPool:
                 self._buffers.append((fresh.base, fresh))
             return fresh
 
-    def __getstate__(self) -> dict:
-        return {}  # a copy in another process starts empty
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
+    def __reduce__(self):
+        return (BufferPool, ())  # a copy in another process starts empty
