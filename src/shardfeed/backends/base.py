@@ -65,9 +65,9 @@ class ShardReader(ABC):
     def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         """Set `out[positions[i]] = sample(local_rows[i])`; `local_rows` is sorted ascending."""
 
-    def rows_view(self) -> np.ndarray | None:
-        """All rows of the shard as one read-only array over mapped memory, if its chunks are raw
-        and lie back to back (as shardfeed writes them); else None."""
+    def raw_runs(self) -> tuple[list[int], list[np.ndarray]] | None:
+        """If the shard's chunks are raw: the first row of each run of chunks that lie back to
+        back, and a read-only array over each run's mapped bytes. None otherwise."""
         return None
 
     def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:

@@ -134,9 +134,9 @@ class RawChunkReader(ShardReader):
             return
         self._copy_raw(local_rows, out, positions)
 
-    def rows_view(self) -> np.ndarray | None:
+    def raw_runs(self) -> tuple[list[int], list[np.ndarray]] | None:
         # docstring inherited
-        return self._views[0] if len(self._views) == 1 else None
+        return (self._run_first.tolist(), self._views) if self._views else None
 
     def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
         # docstring inherited
