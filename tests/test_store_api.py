@@ -152,6 +152,16 @@ def test_rows_inverts_ids(store_path):
 
 
 @pytest.mark.parametrize(
+    ("ids", "message"),
+    [([17], r"sample IDs are strings; got 17 \(int\)"), (["s00", None], r"got None \(NoneType\)"),
+     ("s00", r"not the single ID 's00': rows\(\['s00'\]\)"), (b"s00", "not the single ID")],
+)
+def test_rows_refuses_non_string_ids(store_path, ids, message):
+    with pytest.raises(TypeError, match=message):
+        shardfeed.open_store(store_path[0]).rows(ids)
+
+
+@pytest.mark.parametrize(
     "unknown",
     [["nope"], ["s01", "ghost", "s99"], ["s0"], ["s01 "], ["s01\x00"], [""], ["S01"]],
     ids=["one", "several", "prefix", "trailing-space", "trailing-nul", "empty", "case"],

@@ -125,6 +125,12 @@ class Store:
 
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """Rows of `ids` (O(log n) each); unknown IDs raise one KeyError naming them."""
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"rows() takes a list of IDs, not the single ID {ids!r}: rows([{ids!r}])")
+        ids = list(ids)
+        odd = [i for i in ids if not isinstance(i, str)]
+        if odd:
+            raise TypeError(f"sample IDs are strings; got {odd[0]!r} ({type(odd[0]).__name__})")
         wanted = [i.encode("utf-8") for i in ids]
         if not wanted:
             return np.empty(0, dtype=np.int64)
