@@ -19,13 +19,13 @@ import re
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .backends import COMPRESSIONS, Layout, get_backend
+from .backends import COMPRESSIONS, Backend, Layout, get_backend
 from .errors import DiskFullError, OptionError, StoreExistsError, WorkerDiedError
 from .faults import fault_point
 from .location import is_url
@@ -123,6 +123,30 @@ def convert(
     `on_start(sources, layout)` once every input is validated, before anything is written.
     """
     backend = get_backend(format)
+    _check_options(format, compression, workers, overwrite=overwrite, resume=resume)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_labels(labels, storage_options)
+    if isinstance(partition, (str, os.PathLike)):
+        partition = read_partition(partition, storage_options)
+    sources = scan_sources(src, labels, partition, storage_options)
+    layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
+    if on_start:
+        on_start(sources, layout)
+
+    def run(todo: list[ShardTask]) -> Iterator[ShardRecord]:
+        return _shard_records(todo, workers, progress, client, scheduler)
+
+    if is_url(out):
+        from .remote_convert import convert_remote
+
+        tasks = _tasks(sources, layout, format, out, storage_options)
+        return convert_remote(out, sources, layout, backend, tasks, storage_options=storage_options,
+                              overwrite=overwrite, resume=resume, run=run)  # fmt: skip
+    tasks = _tasks(sources, layout, format, Path(out), storage_options)
+    return _convert_local(Path(out), sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume)
+
+
+def _check_options(format: str, compression: str, workers: int, *, overwrite: bool, resume: bool) -> None:
     if compression not in COMPRESSIONS[format]:
         raise OptionError(
             f"compression {compression!r} is not available for {format}; "
@@ -132,29 +156,27 @@ def convert(
         raise OptionError(f"workers must be >= 1, got {workers}")
     if overwrite and resume:
         raise OptionError("--overwrite and --resume exclude each other")
-    if isinstance(labels, (str, os.PathLike)):
-        labels = read_labels(labels, storage_options)
-    if isinstance(partition, (str, os.PathLike)):
-        partition = read_partition(partition, storage_options)
-    sources = scan_sources(src, labels, partition, storage_options)
-    layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
-    if on_start:
-        on_start(sources, layout)
-    if is_url(out):
-        from .remote_convert import convert_remote
 
-        tasks = _tasks(sources, layout, format, out, storage_options)
-        return convert_remote(
-            out, sources, layout, backend, tasks, storage_options=storage_options, overwrite=overwrite,
-            resume=resume, run=lambda todo: _shard_records(todo, workers, progress, client, scheduler),
-        )  # fmt: skip
-    root = Path(out)
+
+def _convert_local(
+    root: Path,
+    sources: SourceSet,
+    layout: Layout,
+    backend: Backend,
+    tasks: list[ShardTask],
+    run: Callable[[list[ShardTask]], Iterator[ShardRecord]],
+    progress: ProgressCallback | None,
+    *,
+    overwrite: bool,
+    resume: bool,
+) -> Manifest:
+    """A local store: lock it, start (or resume) its work directory, write the missing shards, commit."""
     if not resume:
         _check_free_space(root, layout, layout.num_samples)
     _prepare_output(root, overwrite=overwrite, resume=resume)
     with StoreLock(root):
         work = WorkDir(root)
-        plan = _plan_record(sources, layout, format)
+        plan = _plan_record(sources, layout, backend.name)
         if resume and work.exists():
             samples = sources.samples
             work.check_plan(plan, lambda i: f"{samples[i].path} (sample {samples[i].id!r})")
@@ -164,14 +186,14 @@ def convert(
             backend.prepare(root, layout)
             work.create(plan)  # from here on, --resume continues this conversion
             done = {}
-        tasks = [t for t in _tasks(sources, layout, format, root, storage_options) if t.shard not in done]
-        _check_free_space(root, layout, sum(len(t.samples) for t in tasks))
+        todo = [t for t in tasks if t.shard not in done]
+        _check_free_space(root, layout, sum(len(t.samples) for t in todo))
         try:
-            for record in _shard_records(tasks, workers, progress, client, scheduler):
+            for record in run(todo):
                 work.save_record(record)
                 fault_point("record-saved")
                 done[record.info.first_row // layout.shard_rows] = record
-            manifest = _commit(root, sources, layout, format, [done[k] for k in sorted(done)])
+            manifest = _commit(root, sources, layout, backend.name, [done[k] for k in sorted(done)])
         except OSError as exc:
             if not isinstance(exc, DiskFullError) and exc.errno not in DISK_FULL_ERRNOS:
                 raise
