@@ -75,3 +75,20 @@ def test_batches_kept_by_the_caller_never_change(tmp_path, make_npy_dir):
     expected = source.store.read(source.batch_rows(4, 1)).astype(np.float32)
     del kept, snapshots
     assert np.array_equal(source.batch(4, 1)[0], expected)  # now from reused buffers
+
+
+def test_tensorflow_tensors_that_share_batch_memory_keep_it(tmp_path, make_npy_dir):
+    """TensorFlow shares an aligned batch's memory rather than copying it: tensors held past many
+    later batches must still hold their own batch (the pool sees TensorFlow's reference)."""
+    import shardfeed
+
+    src, labels, partition, _ = make_npy_dir(n=96, shape=(64, 64), dtype="float32")  # 16 KiB samples
+    shardfeed.convert(src, tmp_path / "s", labels=labels, partition=partition)
+    dataset = shardfeed.as_tf_dataset(tmp_path / "s", split="train", batch_size=24, seed=4)  # 1.5 MiB batches
+    reference = BatchSource(tmp_path / "s", split="train", batch_size=24, seed=4)
+    for epoch in range(2):
+        held = list(dataset)
+        assert len(held) == reference.num_batches
+        for index, (x, y) in enumerate(held):
+            expected_x, expected_y = reference.batch(epoch, index)
+            assert np.array_equal(x.numpy(), expected_x) and np.array_equal(y.numpy(), expected_y)
