@@ -253,3 +253,19 @@ def test_dask_workers_read_inputs_from_s3(s3_server, tmp_path, make_npy_dir):
     shardfeed.convert(urls[0], tmp_path / "dask", labels=urls[1], partition=urls[2], scheduler="local", workers=2,
                       **options)  # fmt: skip
     assert _store_files(tmp_path / "dask") == _store_files(tmp_path / "local")
+
+
+def test_a_second_scan_in_one_process_sees_a_changed_object(s3_server, tmp_path, make_npy_dir):
+    """fsspec caches listings: without a fresh one, a same-size rewrite would keep its old ETag."""
+    import fsspec
+
+    from shardfeed.sources import scan_sources
+
+    src, labels, partition, arrays = make_npy_dir(n=4)
+    urls = _upload(src, labels, partition, "rescan")
+    before = scan_sources(urls[0]).samples
+    np.save(src / "id-2.npy", arrays["id-2"] + 1)
+    other_client = fsspec.filesystem("s3", skip_instance_cache=True)  # as another process would
+    other_client.put_file(str(src / "id-2.npy"), "shardfeed-test/rescan/data/id-2.npy")
+    after = scan_sources(urls[0]).samples
+    assert [s.stamp == t.stamp for s, t in zip(before, after)] == [True, True, False, True]

@@ -25,6 +25,9 @@ class RemoteFinder:
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         self.location = RemoteLocation(url, storage_options)
+        # fsspec file systems cache listings per process: a stale one would hide a changed object
+        # from the resume check (its ETag) in a notebook that converts twice.
+        self.location.fs.invalidate_cache(self.location.path)
         try:
             entries = self.location.fs.ls(self.location.path, detail=True)
         except FileNotFoundError:
