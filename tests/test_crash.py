@@ -203,3 +203,28 @@ def test_signal_stops_within_seconds_and_resumes(inputs, reference, sig, workers
 def test_uninterrupted_runs_are_byte_identical(reference):
     """The premise of every comparison here: one conversion, run twice, gives the same bytes."""
     assert_same_store(reference.again, reference.path)
+
+
+def test_sigterm_while_workers_start_is_held_until_they_are_up():
+    """A SIGTERM raised in the middle of spawning a worker broke the pool ("cannot join thread
+    before it is started", or an EOFError from the half-started child): it is held, then delivered."""
+    from shardfeed.convert import _starting_workers
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    reached_end_of_block = False
+    try:
+        with pytest.raises(Stop), _starting_workers():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)  # ignored here: workers inherit that
+            time.sleep(0.05)  # signal handlers would have run by now
+            reached_end_of_block = True
+        assert reached_end_of_block
+        assert signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -321,16 +321,16 @@ def _run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback 
         return
     # spawn: h5py must not inherit a parent's open handles or HDF5 state (RELIABILITY.md).
     context = multiprocessing.get_context("spawn")
-    with _sigint_ignored():  # this starts multiprocessing's resource tracker process
+    with _starting_workers():  # this starts multiprocessing's resource tracker process
         shared = context.Value("q", 0)
     with cf.ProcessPoolExecutor(
         min(workers, len(tasks)), mp_context=context, initializer=_init_worker,
         initargs=(shared, os.getpid()),
     ) as pool:  # fmt: skip
-        with _sigint_ignored():  # workers start (and stay) deaf to Ctrl-C, even while importing
-            pending = {pool.submit(_write_shard_in_worker, t) for t in tasks}
         reported = 0
         try:
+            with _starting_workers():  # workers start (and stay) deaf to Ctrl-C, even while importing
+                pending = {pool.submit(_write_shard_in_worker, t) for t in tasks}
             while pending:
                 finished, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
                 if progress:
@@ -425,18 +425,29 @@ _worker_counter: _SharedCounter | None = None
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Ignore SIGINT while worker processes are created: they inherit it, and Python keeps an
-    inherited SIG_IGN. Ctrl-C reaches the whole process group; the driver alone stops the run
-    (terminating its workers), without a traceback from every worker."""
+def _starting_workers():
+    """Signals while worker processes are being created.
+
+    SIGINT is ignored: workers inherit that, and Python keeps an inherited SIG_IGN. Ctrl-C
+    reaches the whole process group; the driver alone stops the run (terminating its workers),
+    without a traceback from every worker. SIGTERM is held and delivered when the workers are
+    up: raised in the middle of starting one, it left a child reading half its start-up data
+    (printing EOFError) or a pool that could not shut down ("cannot join thread before it is
+    started").
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    held: list[int] = []
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous_int is None else previous_int)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_term is None else previous_term)
+        if held:
+            os.kill(os.getpid(), signal.SIGTERM)  # the usual handler runs now, at a safe point
 
 
 def _init_worker(shared, driver_pid: int) -> None:
