@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from crashkit import tree
 
 import shardfeed
 import shardfeed.cli
@@ -126,8 +127,7 @@ def _upload(src: Path, labels: Path, partition: Path, prefix: str) -> tuple[str,
 
 def _store_files(root: Path) -> dict[str, bytes]:
     """Every file of a store but its manifest (which names the source), by relative path."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}  # fmt: skip
+    return {name: data for name, data in tree(root).items() if name != "manifest.json"}
 
 
 @pytest.mark.parametrize(

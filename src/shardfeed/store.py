@@ -62,6 +62,7 @@ class Store:
             self.manifest = load_manifest(self.path)
             self._index = load_index(self.path, self.manifest)
         self._shard_starts = self.manifest.shard_starts
+        self._large_rows = self.manifest.sample_nbytes >= ROW_COPY_MIN_BYTES  # copied one by one
         self._readers: dict[int, ShardReader] = {}
         self._readers_pid = os.getpid()
         self._lock = threading.Lock()
@@ -181,8 +182,8 @@ class Store:
         first, last = (np.searchsorted(self._shard_starts, [lowest, highest], side="right") - 1).tolist()
         if first == last and self._reader(first).gather(rows - self._shard_starts[first], out):
             pass  # one shard of raw chunks: rows copied in the caller's order, nothing sorted
-        elif first == last or self.manifest.sample_nbytes < ROW_COPY_MIN_BYTES or not self._copy_each_row(rows, out):
-            self._read_sorted(rows, out)
+        elif first == last or not self._large_rows or not self._copy_each_row(rows, out):
+            self._read_sorted(rows, out, first, last)
         if self.verify:
             self._check(rows, out)
         return out
@@ -204,11 +205,11 @@ class Store:
             out[i] = views[run][row - firsts[run]]
         return True
 
-    def _read_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Rows grouped by shard, ascending within each, so that readers read each chunk once."""
+    def _read_sorted(self, rows: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
+        """Rows grouped by shard (`first`..`last`), ascending within each, so that readers read
+        each chunk once."""
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
-        first, last = (np.searchsorted(self._shard_starts, sorted_rows[[0, -1]], side="right") - 1).tolist()
         if first == last:
             self._reader(first).read(sorted_rows - self._shard_starts[first], out, order)
         else:
