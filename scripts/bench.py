@@ -38,8 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 import shardfeed
-from shardfeed.batches import BatchSource
-from shardfeed.bench import (
+from shardfeed.bench.harness import (
     LIMIT_NAME,
     TUTORIAL_NAME,
     CpuMonitor,
@@ -50,13 +49,14 @@ from shardfeed.bench import (
     _result,
     drop_page_cache,
     format_table,
-    generator_memory,
     measure,
     measure_cold,
     set_ratios,
     write_limit_npy,
 )
-from shardfeed.demo import make_tutorial_dataset
+from shardfeed.bench.memory import generator_memory
+from shardfeed.feed.batches import BatchSource
+from shardfeed.inputs.demo import make_tutorial_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 STORES = (
@@ -241,7 +241,7 @@ def convert_all(
 
 
 def tutorial_generator(p: Profile, data: Path, labels: dict, ids: list[str], **kwargs):
-    from shardfeed.tutorial import TutorialGenerator
+    from shardfeed.bench.tutorial import TutorialGenerator
 
     np.random.seed(0)
     dim = p.shape[:-1] if len(p.shape) > 1 and p.shape[-1] == 1 else p.shape
@@ -329,7 +329,7 @@ def run_readers(p: Profile, factories: list, cold: bool) -> list[Result]:
 def run_fit(p: Profile, data: Path, labels: Path, stores: dict) -> list[Result]:
     """`fit` from arrays in memory, the tutorial generator and DataGenerator, on the same rows."""
     from shardfeed import DataGenerator
-    from shardfeed.benchfit import FIT_CONFIGS, fit_rows, in_memory_arrays, measure_fit
+    from shardfeed.bench.fit import FIT_CONFIGS, fit_rows, in_memory_arrays, measure_fit
 
     store = shardfeed.open_store(stores["HDF5"])
     rows = fit_rows(source_of(stores["HDF5"], p, "global"), p.fit_samples)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import shardfeed
-from shardfeed.demo import make_tutorial_dataset
+from shardfeed.inputs.demo import make_tutorial_dataset
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:

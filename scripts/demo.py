@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from shardfeed.demo import make_tutorial_dataset
+from shardfeed.inputs.demo import make_tutorial_dataset
 
 
 def shardfeed(*args: str) -> None:

@@ -88,7 +88,7 @@ def small_store(tmp_path, make_npy_dir, backend):
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory) -> Path:
     """The README's demo data (smaller): a learnable 6-class problem, converted to Zarr."""
-    from shardfeed.demo import make_tutorial_dataset
+    from shardfeed.inputs.demo import make_tutorial_dataset
 
     root = tmp_path_factory.mktemp("demo")
     data, labels, partition = make_tutorial_dataset(root, num_samples=600, shape=(16, 16, 16, 1))

@@ -23,7 +23,7 @@ import pytest
 
 import shardfeed
 from shardfeed.errors import StoreNotFoundError
-from shardfeed.manifest import LOCK_NAME, MANIFEST_NAME, WORK_DIR
+from shardfeed.storage.format import LOCK_NAME, MANIFEST_NAME, WORK_DIR
 
 TEMPORARY = ("*.partial", ".*.tmp-*")  # what an interrupted write may leave behind
 
@@ -66,7 +66,7 @@ def convert_argv(inputs: Inputs, out: Path, options: dict, *, resume: bool = Fal
     return [*argv, *(["--resume"] if resume else [])]
 
 
-def convert_api(inputs: Inputs, out: Path, options: dict, **more) -> shardfeed.manifest.Manifest:
+def convert_api(inputs: Inputs, out: Path, options: dict, **more) -> shardfeed.storage.manifest.Manifest:
     """The same conversion in this process, through the library function."""
     return shardfeed.convert(inputs.src, out, labels=inputs.labels, partition=inputs.partition,
                              **{**options, **more})  # fmt: skip

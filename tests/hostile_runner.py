@@ -44,7 +44,7 @@ def _open_read(path, fast=True):
 
 
 def _header(path):
-    from shardfeed.sources import read_npy_header
+    from shardfeed.inputs.npy import read_npy_header
 
     read_npy_header(Path(path), "sample")
 
@@ -103,7 +103,7 @@ def main() -> None:
     limit = spec["address_space_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.signal(signal.SIGALRM, _alarm)
-    from shardfeed.backends import get_backend
+    from shardfeed.storage.backends import get_backend
 
     get_backend("hdf5"), get_backend("zarr")  # imports are not part of any case's time
 

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from shardfeed.batches import BatchSource
-from shardfeed.bench import COLUMNS, CpuMonitor, MmapLimit, Result, format_table, write_limit_npy
+from shardfeed.bench.harness import COLUMNS, CpuMonitor, MmapLimit, Result, format_table, write_limit_npy
 from shardfeed.cli import main
-from shardfeed.store import open_store
+from shardfeed.feed.batches import BatchSource
+from shardfeed.storage.store import open_store
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:

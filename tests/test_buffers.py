@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from shardfeed.batches import BatchSource
-from shardfeed.buffers import ALIGNMENT, MAX_BUFFERS, BufferPool
+from shardfeed.feed.batches import BatchSource
+from shardfeed.feed.buffers import ALIGNMENT, MAX_BUFFERS, BufferPool
 
 SHAPE = (64, 32, 32)  # 256 KiB of float32: large enough to be pooled
 

@@ -271,5 +271,5 @@ def test_inspect_does_not_load_keras_or_tensorflow(tmp_path, inputs):
     assert done.returncode == 0, done.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")}  # fmt: skip
-    assert "shardfeed.store" in imported  # importtime works and shows our own modules
+    assert "shardfeed.storage.store" in imported  # importtime works and shows our own modules
     assert not {m for m in imported if m.split(".")[0] in ("keras", "tensorflow")}

@@ -6,7 +6,7 @@ and interrupts it:
 
 - SIGKILL to the driver at random moments (a quarter of them during start-up and scanning, the
   rest while shards are written), as kill -9, the OOM killer or a power cut would;
-- SIGKILL at injected fault points (`SHARDFEED_FAULT`, see `shardfeed/faults.py`), which hit the
+- SIGKILL at injected fault points (`SHARDFEED_FAULT`, see `shardfeed/writing/faults.py`), which hit the
   narrow windows between the steps of a commit deterministically;
 - SIGINT to the whole process group (Ctrl-C in a terminal) and SIGTERM to the driver: exit
   130 / 143 within seconds, no traceback.
@@ -208,7 +208,7 @@ def test_uninterrupted_runs_are_byte_identical(reference):
 def test_sigterm_while_workers_start_is_held_until_they_are_up():
     """A SIGTERM raised in the middle of spawning a worker broke the pool ("cannot join thread
     before it is started", or an EOFError from the half-started child): it is held, then delivered."""
-    from shardfeed.convert import _starting_workers
+    from shardfeed.writing.pool import _starting_workers
 
     class Stop(BaseException):
         pass

@@ -30,7 +30,7 @@ from crashkit import (
 )
 
 import shardfeed
-from shardfeed.manifest import MANIFEST_NAME
+from shardfeed.storage.format import MANIFEST_NAME
 
 pytestmark = pytest.mark.timeout(300)
 

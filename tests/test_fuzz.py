@@ -32,8 +32,10 @@ from hypothesis import strategies as st
 
 import shardfeed
 from shardfeed.errors import InputError, ShardfeedError, StoreFormatError
-from shardfeed.manifest import INDEX_NAME, MANIFEST_NAME, Index, Manifest
-from shardfeed.sources import read_npy_header
+from shardfeed.inputs.npy import read_npy_header
+from shardfeed.storage.format import INDEX_NAME, MANIFEST_NAME
+from shardfeed.storage.index import Index
+from shardfeed.storage.manifest import Manifest
 
 EXAMPLES = int(os.environ.get("SHARDFEED_FUZZ_EXAMPLES", 200))
 FUZZ = settings(

@@ -15,7 +15,7 @@ import pytest
 
 import shardfeed
 from shardfeed import DataGenerator
-from shardfeed.tutorial import TutorialGenerator
+from shardfeed.bench.tutorial import TutorialGenerator
 
 PROBES = Path(__file__).parent / "probes"
 START_METHODS = ["fork", "spawn", "forkserver"]

@@ -26,8 +26,8 @@ from crashkit import (
 )
 
 import shardfeed
-from shardfeed.manifest import LOCK_NAME, MANIFEST_NAME, WORK_DIR
-from shardfeed.workdir import StoreLock
+from shardfeed.storage.format import LOCK_NAME, MANIFEST_NAME, WORK_DIR
+from shardfeed.writing.workdir import StoreLock
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import shardfeed
-from shardfeed.backends import COMPRESSIONS
 from shardfeed.cli import main
+from shardfeed.storage.format import COMPRESSIONS
 
 N = 7  # samples per store: small, odd, so chunk and shard boundaries fall mid-way
 

@@ -259,7 +259,7 @@ def test_a_second_scan_in_one_process_sees_a_changed_object(s3_server, tmp_path,
     """fsspec caches listings: without a fresh one, a same-size rewrite would keep its old ETag."""
     import fsspec
 
-    from shardfeed.sources import scan_sources
+    from shardfeed.inputs.scan import scan_sources
 
     src, labels, partition, arrays = make_npy_dir(n=4)
     urls = _upload(src, labels, partition, "rescan")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardfeed.sampling import epoch_order, host_share_from_env, num_batches
+from shardfeed.feed.sampling import epoch_order, host_share_from_env, num_batches
 
 rows_strategy = st.integers(1, 300).map(lambda n: np.arange(n, dtype=np.int64) * 3 + 5)
 
@@ -85,7 +85,7 @@ def test_host_share_comes_from_the_launchers_environment(env, expected):
 
 
 def test_generator_takes_rank_from_the_environment(monkeypatch, small_store):
-    from shardfeed.batches import BatchSource
+    from shardfeed.feed.batches import BatchSource
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shardfeed
-from shardfeed.manifest import INDEX_NAME, MANIFEST_NAME, WORK_DIR
+from shardfeed.storage.format import INDEX_NAME, MANIFEST_NAME, WORK_DIR
 
 N = 23
 SHAPE = (3, 2)
@@ -386,7 +386,7 @@ def test_read_reports_missing_shard(small_store):
 @pytest.mark.parametrize("gap", [0, 24], ids=["one-run", "chunk-per-run"])
 def test_raw_chunk_reader_any_layout_any_order(tmp_path, sample_shape, gap):
     """Chunks back to back (one view) or apart (a view per run): rows in any order, repeats too."""
-    from shardfeed.backends.rawchunks import RawChunkReader
+    from shardfeed.storage.backends.rawchunks import RawChunkReader
 
     chunk_rows, num_chunks = 4, 6
     data = np.random.default_rng(5).standard_normal((chunk_rows * num_chunks, *sample_shape)).astype("<f4")

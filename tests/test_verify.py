@@ -77,7 +77,7 @@ def damaged(path, data: bytes):
         path.write_bytes(original)
 
 
-def verify(path) -> shardfeed.integrity.VerifyReport:
+def verify(path) -> shardfeed.storage.integrity.VerifyReport:
     with shardfeed.open_store(path) as store:  # fresh readers: nothing cached from another trial
         return shardfeed.verify_store(store)
 

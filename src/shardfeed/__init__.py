@@ -6,9 +6,6 @@ load them on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .convert import convert
 from .errors import (
     ChecksumError,
     InputError,
@@ -22,11 +19,13 @@ from .errors import (
     UnknownSplitError,
     WorkerDiedError,
 )
-from .integrity import verify_store
-from .sampling import epoch_order
-from .store import Store, open_store
+from .feed.sampling import epoch_order
+from .storage.integrity import verify_store
+from .storage.store import Store, open_store
+from .version import __version__
+from .writing.convert import convert
 
-_LAZY = {"DataGenerator": ".generator", "as_tf_dataset": ".tfdata", "ResumeCallback": ".generator"}
+_LAZY = {"DataGenerator": ".feed.keras", "as_tf_dataset": ".feed.tfdata", "ResumeCallback": ".feed.keras"}
 
 
 def __getattr__(name: str):

@@ -13,8 +13,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__
 from .errors import ShardfeedError
+from .version import __version__
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 
@@ -49,8 +49,8 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backends import BACKEND_NAMES
-    from .convert import DEFAULT_SHARD_SIZE
+    from .storage.format import BACKEND_NAMES
+    from .writing.plan import DEFAULT_SHARD_SIZE
 
     parser = argparse.ArgumentParser(prog="shardfeed", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"shardfeed {__version__}")
@@ -130,7 +130,7 @@ def _json_object(text: str) -> dict:
 def _cmd_convert(args) -> int:
     import time
 
-    from .convert import convert
+    from .writing.convert import convert
 
     bar = None
     started = time.perf_counter()
@@ -171,8 +171,8 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from .inspection import describe, describe_sample, format_summary
-    from .store import open_store
+    from .storage.inspection import describe, describe_sample, format_summary
+    from .storage.store import open_store
 
     store = open_store(args.store, storage_options=args.storage_options)
     if args.sample_id is not None:
@@ -188,8 +188,8 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .integrity import verify_store
-    from .store import open_store
+    from .storage.integrity import verify_store
+    from .storage.store import open_store
 
     store = open_store(args.store, storage_options=args.storage_options)
     bar = _progress_bar(len(store), args.quiet, "verify")
@@ -212,7 +212,8 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench_store, format_table
+    from .bench.harness import format_table
+    from .bench.store import bench_store
 
     if args.batch_size < 1 or args.seconds <= 0:
         print("shardfeed: error: --batch-size and --seconds must be positive", file=sys.stderr)

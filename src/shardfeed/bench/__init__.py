@@ -1,0 +1,1 @@
+"""The benchmark harness behind `shardfeed bench` and `scripts/bench.py`."""

@@ -1,0 +1,369 @@
+"""Read-speed measurements: one harness for every reader, so their figures can be compared.
+
+A *reader* is anything with `num_batches`, `batch(epoch, index) -> (x, ...)` and `close()`:
+a store's `BatchSource`, the memory-mapped limit, the Keras tutorial's generator. Each is timed
+the same way: a warm-up, then `rounds` rounds of a fixed time budget (crossing epochs when an
+epoch is shorter), reporting the median round's samples/s. Every measurement also records the
+CPU used by this process tree and by *other* processes (from /proc/stat), because on a shared
+machine a busy neighbour silently halves a figure; such runs are flagged, not hidden.
+
+Nothing here imports Keras: `shardfeed bench` only loads it for `--fit` (see `fit.py`).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..feed.batches import BatchSource
+from ..storage.store import Store
+
+NOISY_OTHER_CPU = 0.10  # other processes' share of all CPUs above which a figure is flagged
+LIMIT_NAME = "mmap limit"
+TUTORIAL_NAME = "tutorial generator"
+
+
+@dataclass
+class Result:
+    """One measured figure: a reader, a `fit` configuration or a conversion.
+
+    `other_cpu` is the share of all CPUs (0..1) that processes outside this process tree used
+    while it was measured; `vs_tutorial` and `vs_limit` are filled in by whoever knows the
+    references of its section.
+    """
+
+    section: str
+    name: str
+    samples_per_s: float
+    mb_per_s: float
+    rounds: list[float] = field(default_factory=list)
+    cpu_us_per_sample: float | None = None
+    other_cpu: float | None = None
+    vs_tutorial: float | None = None
+    vs_limit: float | None = None
+    note: str = ""
+
+    @property
+    def noisy(self) -> bool:
+        return self.other_cpu is not None and self.other_cpu > NOISY_OTHER_CPU
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "noisy": self.noisy}
+
+
+# --- CPU accounting -------------------------------------------------------------------------
+
+
+def _proc_stat_fields(pid: int | str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2 :].split()  # the command name may hold spaces
+
+
+def own_tree_ticks() -> int:
+    """CPU ticks of this process, its reaped children and its live descendants.
+
+    A child reaped during a measurement moves from "live descendant" into our `cutime`, so a
+    difference of two readings counts it once either way.
+    """
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _proc_stat_fields(entry)
+            if fields is not None:
+                parents[int(entry)] = int(fields[1])
+                ticks[int(entry)] = sum(int(x) for x in fields[11:15])
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, p in parents.items() if p == pid and c not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(pid, 0) for pid in tree)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine, all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = values
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+class CpuMonitor:
+    """CPU used by this process tree and by everything else between `start()` and `stop()`."""
+
+    available = os.path.exists("/proc/stat")
+
+    def __init__(self) -> None:
+        self.own_s: float | None = None
+        self.other: float | None = None
+
+    def start(self) -> CpuMonitor:
+        if self.available:
+            self._machine, self._own = machine_ticks(), own_tree_ticks()
+        return self
+
+    def stop(self) -> CpuMonitor:
+        if self.available:
+            busy1, total1 = machine_ticks()
+            own = own_tree_ticks() - self._own
+            busy, total = busy1 - self._machine[0], total1 - self._machine[1]
+            self.own_s = own / os.sysconf("SC_CLK_TCK")
+            self.other = max(0.0, busy - own) / total if total > 0 else 0.0
+        return self
+
+    def __enter__(self) -> CpuMonitor:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --- readers ----------------------------------------------------------------------------------
+
+
+class StoreReader:
+    """A store's batches exactly as `DataGenerator` makes them (`BatchSource.batch`)."""
+
+    def __init__(self, source: BatchSource) -> None:
+        self.source = source
+        self.num_batches = source.num_batches
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        return self.source.batch(epoch, index)
+
+    def close(self) -> None:
+        self.source.store.close()
+
+
+class MmapLimit:
+    """The limit: fancy-index gather from one memory-mapped `.npy` holding every sample.
+
+    It makes the same batch as `StoreReader` over `source` (same rows, dtype and one-hot
+    labels), the cheapest way numpy can: rows sorted within the batch, one gather.
+    """
+
+    def __init__(
+        self, npy_path: str | os.PathLike, source: BatchSource, positions: np.ndarray
+    ) -> None:
+        self.source = source
+        self.num_batches = source.num_batches
+        self._x = np.load(npy_path, mmap_mode="r")
+        self._positions = positions
+        store = source.store
+        self._labels = store.labels if source.labels else None
+        self._num_classes = store.num_classes
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        rows = np.sort(self.source.batch_rows(epoch, index))
+        x = self._x[self._positions[rows]]
+        if x.dtype != self.source.dtype:
+            x = x.astype(self.source.dtype)
+        if self._labels is None:
+            return (x,)
+        onehot = np.zeros((len(rows), self._num_classes), dtype=np.float32)
+        onehot[np.arange(len(rows)), self._labels[rows]] = 1.0
+        return x, onehot
+
+    def close(self) -> None:
+        self._x = None  # unmaps once the last batch view is gone
+
+
+class PyDatasetReader:
+    """A Keras `PyDataset` (the tutorial's generator) driven like `fit` drives it, in-process."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.num_batches = len(dataset)
+        self._epoch = 0
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        while self._epoch < epoch:
+            self.dataset.on_epoch_end()
+            self._epoch += 1
+        return self.dataset[index]
+
+    def close(self) -> None:
+        self.dataset = None
+
+
+def write_limit_npy(store: Store, rows: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Copy `rows` of `store` into one `.npy` at `path`; returns each store row's position in it."""
+    out = np.lib.format.open_memmap(
+        path, mode="w+", dtype=store.dtype, shape=(len(rows), *store.sample_shape)
+    )
+    step = max(1, (64 << 20) // max(1, store.manifest.sample_nbytes))
+    for start in range(0, len(rows), step):
+        store.read(rows[start : start + step], out=out[start : start + step])
+    out.flush()
+    del out
+    positions = np.full(len(store), -1, dtype=np.int64)
+    positions[rows] = np.arange(len(rows))
+    return positions
+
+
+# --- the harness ------------------------------------------------------------------------------
+
+
+class _Cursor:
+    """Walks a reader's batches in order, moving on to the next epoch after the last batch."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.epoch, self.index = reader, 0, 0
+
+    def next(self) -> int:
+        batch = self.reader.batch(self.epoch, self.index)
+        self.index += 1
+        if self.index == self.reader.num_batches:
+            self.epoch, self.index = self.epoch + 1, 0
+        return len(batch[0])
+
+    def run_for(self, seconds: float, stop_at_epoch_end: bool = False) -> tuple[int, float]:
+        """Batches for `seconds` (at least one); returns (samples, elapsed seconds)."""
+        samples, start = 0, time.perf_counter()
+        while True:
+            samples += self.next()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds or (stop_at_epoch_end and self.index == 0):
+                return samples, elapsed
+
+
+def measure(
+    name: str,
+    reader,
+    sample_nbytes: int,
+    *,
+    seconds: float = 10.0,
+    rounds: int = 3,
+    section: str = "readers",
+) -> Result:
+    """Median samples/s of `rounds` rounds of `seconds / rounds` each, after a warm-up."""
+    cursor = _Cursor(reader)
+    round_s = seconds / rounds
+    cursor.run_for(min(round_s, 2.0))  # warm-up: caches, lazily opened handles, first epoch order
+    rates, total_samples = [], 0
+    with CpuMonitor() as cpu:
+        for _ in range(rounds):
+            samples, elapsed = cursor.run_for(round_s)
+            rates.append(samples / elapsed)
+            total_samples += samples
+    return _result(section, name, rates, sample_nbytes, cpu, total_samples)
+
+
+def _result(section, name, rates, sample_nbytes, cpu: CpuMonitor, samples: int, note="") -> Result:
+    rate = statistics.median(rates)
+    cpu_us = cpu.own_s / samples * 1e6 if cpu.own_s is not None and samples else None
+    return Result(
+        section, name, rate, rate * sample_nbytes / 1e6, rates, cpu_us, cpu.other, note=note
+    )
+
+
+def drop_page_cache() -> bool:
+    """Write back and drop the page cache; False when not permitted (not root, not Linux)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def measure_cold(
+    name: str,
+    make_reader: Callable[[], object],
+    sample_nbytes: int,
+    *,
+    seconds: float = 5.0,
+    section: str = "readers, cold cache",
+) -> Result | None:
+    """Samples/s right after dropping the page cache (first epoch only); None if not permitted.
+
+    The caller must have closed every other reader of the same files: a memory-mapped page is
+    not dropped.
+    """
+    gc.collect()
+    if not drop_page_cache():
+        return None
+    reader = make_reader()
+    try:
+        with CpuMonitor() as cpu:
+            samples, elapsed = _Cursor(reader).run_for(seconds, stop_at_epoch_end=True)
+    finally:
+        reader.close()
+    return _result(section, name, [samples / elapsed], sample_nbytes, cpu, samples)
+
+
+def set_ratios(results: Sequence[Result], tutorial: Result | None, limit: Result | None) -> None:
+    """Fill `vs_tutorial` / `vs_limit` of `results` against the given references."""
+    for r in results:
+        if tutorial is not None and tutorial.samples_per_s > 0:
+            r.vs_tutorial = r.samples_per_s / tutorial.samples_per_s
+        if limit is not None and limit.samples_per_s > 0:
+            r.vs_limit = r.samples_per_s / limit.samples_per_s
+
+
+# --- the table --------------------------------------------------------------------------------
+
+COLUMNS = (
+    "section",
+    "reader",
+    "samples/s",
+    "MB/s",
+    "x tutorial",
+    "x limit",
+    "CPU us/sample",
+    "other CPU %",
+    "note",
+)
+
+
+def _cells(r: Result) -> list[str]:
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    note = "; ".join(x for x in ("NOISY" if r.noisy else "", r.note) if x)
+    return [
+        r.section,
+        r.name,
+        num(r.samples_per_s, ",.0f"),
+        num(r.mb_per_s, ",.1f"),
+        num(r.vs_tutorial, ".2f"),
+        num(r.vs_limit, ".2f"),
+        num(r.cpu_us_per_sample, ",.1f"),
+        num(None if r.other_cpu is None else 100 * r.other_cpu, ".1f"),
+        note or "-",
+    ]
+
+
+def format_table(results: Sequence[Result], markdown: bool = False) -> str:
+    """The results as an aligned text table, or a Markdown table."""
+    rows = [list(COLUMNS)] + [_cells(r) for r in results]
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        lines.insert(
+            1,
+            "|" + "|".join("---" if k < 2 or k == 8 else "---:" for k in range(len(COLUMNS))) + "|",
+        )
+        return "\n".join(lines)
+    widths = [max(len(row[k]) for row in rows) for k in range(len(COLUMNS))]
+    right = {2, 3, 4, 5, 6, 7}
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if k in right else c.ljust(w)
+            for k, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )

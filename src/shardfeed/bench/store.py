@@ -1,0 +1,53 @@
+"""`shardfeed bench STORE`: a store's reads against the memory-mapped limit of its own data."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..feed.batches import BatchSource
+from ..storage.store import open_store
+from .harness import LIMIT_NAME, MmapLimit, Result, StoreReader, measure, set_ratios, write_limit_npy
+
+
+def bench_store(
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    shuffle: str = "global",
+    seconds: float = 10.0,
+    split: str | None = None,
+    fit: bool = False,
+    fit_samples: int = 16384,
+    tmpdir: str | None = None,
+) -> list[Result]:
+    """Measure the store at `path` in-process against the memory-mapped limit of its own data.
+
+    The limit's `.npy` (a copy of the selected rows) is written to a temporary file under
+    `tmpdir` and removed afterwards. With `fit`, also time `model.fit` of a trivial model from
+    the store and from the same samples held in memory (imports Keras).
+    """
+    store = open_store(path)
+    source = BatchSource(store, split=split, batch_size=batch_size, shuffle_mode=shuffle, seed=0)
+    nbytes = store.manifest.sample_nbytes
+    label = f"shardfeed {store.backend}" + (
+        "" if store.manifest.compression == "none" else f" {store.manifest.compression}"
+    )
+    with tempfile.TemporaryDirectory(dir=tmpdir, prefix="shardfeed-bench-") as tmp:
+        npy = Path(tmp) / "limit.npy"
+        positions = write_limit_npy(store, source.rows, npy)
+        limit_reader = MmapLimit(npy, source, positions)
+        limit = measure(f"{LIMIT_NAME} ({shuffle})", limit_reader, nbytes, seconds=seconds)
+        limit_reader.close()
+        ours = measure(f"{label} ({shuffle})", StoreReader(source), nbytes, seconds=seconds)
+        results = [limit, ours]
+        set_ratios(results, None, limit)
+    if fit:
+        from .fit import fit_in_memory_vs_store  # imports Keras: only for --fit
+
+        results += fit_in_memory_vs_store(store, source, fit_samples)
+    store.close()
+    return results
+
+

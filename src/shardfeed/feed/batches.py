@@ -1,0 +1,156 @@
+"""Batches of an epoch as a pure function of (epoch, batch index): no Keras, no TensorFlow.
+
+`BatchSource` is what `DataGenerator` (Keras) and `as_tf_dataset` (tf.data) share. Because a
+batch depends only on its (epoch, index), it is the same whether it is made in-process, by a
+thread or by a worker process, and a run can resume at any batch.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import OptionError
+from ..storage.store import Store, open_store
+from .buffers import BufferPool
+from .sampling import MODES, epoch_order, host_share_from_env, num_batches
+
+LABEL_MODES = ("onehot", "sparse", None)
+
+
+class BatchSource:
+    """Selected rows of a store, cut into shuffled batches per epoch.
+
+    Args:
+        store: a path or an open `Store`.
+        split: a split name; or `ids`: the IDs to use (the tutorial's `partition['train']`).
+        batch_size: samples per batch.
+        shuffle: reshuffle every epoch; otherwise batches follow the split's (or `ids`') order.
+        seed: the shuffle seed; `None` draws one now (kept when pickled, so workers agree).
+        shuffle_mode: "global" (full permutation) or "block" (chunk blocks; see `sampling`).
+        labels: "onehot" (the tutorial's `to_categorical`), "sparse" (int64), or None (inputs
+            only; also what an unlabeled store gives).
+        dtype: dtype of the inputs; None keeps the stored dtype.
+        drop_remainder: drop the last short batch (the tutorial's floor behaviour).
+        rank, world_size: this host's disjoint share of every epoch; by default from the
+            environment (`RANK`/`WORLD_SIZE`, or `TF_CONFIG`), else 0 and 1.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike | Store,
+        split: str | None = None,
+        ids: Sequence[str] | None = None,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int | None = None,
+        shuffle_mode: str = "global",
+        labels: str | None = "onehot",
+        dtype: str | np.dtype | None = "float32",
+        drop_remainder: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
+        if rank is None or world_size is None:
+            env_rank, env_world = host_share_from_env()
+            rank = env_rank if rank is None else rank
+            world_size = env_world if world_size is None else world_size
+        self.store = store if isinstance(store, Store) else open_store(store, storage_options=storage_options)
+        if split is not None and ids is not None:
+            raise OptionError("give either split or ids, not both")
+        if batch_size < 1:
+            raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+        if shuffle_mode not in MODES:
+            raise OptionError(f"shuffle_mode {shuffle_mode!r} unknown; expected one of {MODES}")
+        if labels not in LABEL_MODES:
+            raise OptionError(f"labels {labels!r} unknown; expected one of {LABEL_MODES}")
+        if not 0 <= rank < world_size:
+            raise OptionError(f"rank {rank} is outside [0, world_size={world_size})")
+        self.rows = self._select(split, ids)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
+        self.shuffle_mode = shuffle_mode
+        self.labels = labels if self.store.labels is not None else None
+        self.dtype = self.store.dtype if dtype is None else np.dtype(dtype)
+        self.drop_remainder = drop_remainder
+        self.rank = rank
+        self.world_size = world_size
+        self.samples_per_epoch = len(self.rows) // world_size
+        if self.num_batches == 0:
+            raise OptionError(
+                f"{len(self.rows)} samples give no batch of {batch_size} "
+                f"(world_size={world_size}, drop_remainder={drop_remainder})"
+            )
+        self._orders: dict[int, np.ndarray] = {}
+        self._orders_lock = threading.Lock()
+        self._buffers = BufferPool()
+
+    def _select(self, split: str | None, ids: Sequence[str] | None) -> np.ndarray:
+        if ids is not None:
+            return self.store.rows(ids)
+        if split is not None:
+            return self.store.split(split)
+        return np.arange(len(self.store), dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_orders"] = {}
+        state["_orders_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._orders_lock = threading.Lock()
+
+    @property
+    def num_batches(self) -> int:
+        return num_batches(self.samples_per_epoch, self.batch_size, self.drop_remainder)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This host's rows for `epoch`, in reading order (cached for the two latest epochs)."""
+        with self._orders_lock:
+            order = self._orders.get(epoch)
+            if order is None:
+                order = epoch_order(
+                    self.rows,
+                    seed=self.seed,
+                    epoch=epoch,
+                    shuffle=self.shuffle,
+                    mode=self.shuffle_mode,
+                    chunk_rows=self.store.manifest.chunk_rows,
+                    window_blocks=max(4, -(-4 * self.batch_size // self.store.manifest.chunk_rows)),
+                    rank=self.rank,
+                    world_size=self.world_size,
+                )
+                self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+                self._orders[epoch] = order
+        return order
+
+    def batch_rows(self, epoch: int, index: int) -> np.ndarray:
+        if not 0 <= index < self.num_batches:
+            raise IndexError(f"batch {index} out of range [0, {self.num_batches})")
+        return self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        """`(x,)` or `(x, y)` for batch `index` of `epoch`."""
+        rows = self.batch_rows(epoch, index)
+        shape = (len(rows), *self.store.sample_shape)
+        x = self._buffers.take(shape, self.dtype)
+        if self.dtype == self.store.dtype:
+            self.store.read(rows, out=x)
+        else:
+            np.copyto(x, self.store.read(rows, out=self._buffers.take(shape, self.store.dtype)), casting="unsafe")
+        if self.labels is None:
+            return (x,)
+        y = self.store.labels[rows]
+        if self.labels == "onehot":
+            onehot = np.zeros((len(rows), self.store.num_classes), dtype=np.float32)
+            onehot[np.arange(len(rows)), y] = 1.0
+            return x, onehot
+        return x, y

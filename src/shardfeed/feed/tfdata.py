@@ -1,0 +1,76 @@
+"""`as_tf_dataset`: the same batches as `DataGenerator`, as a `tf.data.Dataset` with prefetching.
+
+Batches are made by `BatchSource.batch(epoch, index)` inside `tf.numpy_function`, mapped in
+parallel with `deterministic=True`, so the order is the generator's. Each pass over the
+dataset (each Keras epoch) is the next epoch of the shuffle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..storage.store import Store
+from .batches import BatchSource
+
+
+def as_tf_dataset(
+    store: str | os.PathLike | Store,
+    split: str | None = None,
+    ids: Sequence[str] | None = None,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    shuffle_mode: str = "global",
+    labels: str | None = "onehot",
+    dtype: str | np.dtype | None = "float32",
+    drop_remainder: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    first_epoch: int = 0,
+    num_parallel_calls: int | None = None,
+    prefetch: int | None = None,
+):
+    """A `tf.data.Dataset` of `(x, y)` (or `(x,)`) batches; see `BatchSource` for the arguments.
+
+    `num_parallel_calls` and `prefetch` default to `tf.data.AUTOTUNE`. Iterating the dataset
+    again starts the next epoch (`first_epoch` for the first pass).
+    """
+    import tensorflow as tf
+
+    source = BatchSource(
+        store, split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
+        shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    epochs = itertools.count(first_epoch)
+
+    def batch_keys():
+        epoch = next(epochs)
+        for index in range(source.num_batches):
+            yield epoch, index
+
+    x_spec = tf.TensorSpec((None, *source.store.sample_shape), tf.as_dtype(source.dtype))
+    specs = [x_spec]
+    if source.labels == "onehot":
+        specs.append(tf.TensorSpec((None, source.store.num_classes), tf.float32))
+    elif source.labels == "sparse":
+        specs.append(tf.TensorSpec((None,), tf.int64))
+
+    def load(epoch, index):
+        tensors = tf.numpy_function(
+            lambda e, i: source.batch(int(e), int(i)), [epoch, index], [s.dtype for s in specs]
+        )
+        for tensor, spec in zip(tensors, specs):
+            tensor.set_shape(spec.shape)
+        return tuple(tensors)
+
+    keys = tf.data.Dataset.from_generator(
+        batch_keys, output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64))
+    )
+    autotune = tf.data.AUTOTUNE
+    dataset = keys.map(load, num_parallel_calls=num_parallel_calls or autotune, deterministic=True)
+    return dataset.prefetch(prefetch or autotune)

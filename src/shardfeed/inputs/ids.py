@@ -1,0 +1,28 @@
+"""Sample IDs: plain file names, the same rule for inputs, partitions and a store's index."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+
+from ..errors import InputError
+
+
+def check_id(sample_id: object, where: str) -> str:
+    """Refuse IDs that are not plain file names inside the source folder."""
+    if not isinstance(sample_id, str):
+        raise InputError(f"{where}: ID {sample_id!r} is a {type(sample_id).__name__}, expected a string")
+    bad = None
+    if not sample_id:
+        bad = "is empty"
+    elif sample_id in (".", "..") or sample_id.startswith("."):
+        bad = "starts with '.' (hidden or parent-directory names are not sample IDs)"
+    elif "/" in sample_id or "\\" in sample_id or os.sep in sample_id:
+        bad = "contains a path separator"
+    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in sample_id):
+        bad = "contains a control, format or surrogate character"
+    elif len(sample_id.encode("utf-8", "surrogatepass")) > 200:
+        bad = "is longer than 200 bytes"
+    if bad:
+        raise InputError(f"{where}: ID {sample_id!r} {bad}; IDs must be plain file names inside SRC")
+    return sample_id

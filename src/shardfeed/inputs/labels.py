@@ -1,0 +1,104 @@
+"""Labels (`{id: label}` JSON or `id,label` CSV) and partitions (`{split: [ids]}` JSON), local or at URLs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Mapping
+
+import fsspec
+
+from ..errors import InputError
+from ..urls import is_url, local_root
+
+MAX_LABEL = 2**31 - 1  # labels become one-hot vectors of max(label) + 1 entries
+
+
+def read_labels(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, int | str]:
+    """Labels from a JSON object `{id: label}` or a CSV file with columns `id,label` (a path or URL)."""
+    text = _read_text(path, "labels", storage_options)
+    if str(path).lower().endswith(".csv"):
+        rows = list(csv.reader(text.splitlines()))
+        if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
+            raise InputError(f"{path}: expected a CSV header 'id,label'")
+        labels: dict[str, int | str] = {}
+        for line_no, row in enumerate(rows[1:], start=2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise InputError(f"{path}:{line_no}: expected 2 columns 'id,label', got {len(row)}")
+            sample_id, value = row[0], row[1].strip()
+            if sample_id in labels:
+                raise InputError(f"{path}:{line_no}: ID {sample_id!r} is labeled twice")
+            labels[sample_id] = int(value) if _is_int(value) else value
+        return labels
+    data = _parse_json(text, path, "labels")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: labels must be a JSON object {{id: label}}, got {type(data).__name__}")
+    return data
+
+
+def read_partition(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, list[str]]:
+    """A partition: JSON object of split name -> list of IDs (a path or URL)."""
+    data = _parse_json(_read_text(path, "partition", storage_options), path, "partition")
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise InputError(f"{path}: partition must be a JSON object {{split: [ids]}}")
+    return data
+
+
+def encode_labels(
+    labels: Mapping[str, int | str] | None, ids: Iterable[str]
+) -> tuple[dict[str, int] | None, list[str] | None, int | None]:
+    """Integer labels per ID; string labels become indices into sorted class names."""
+    if labels is None:
+        return None, None, None
+    ids = list(ids)
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        shown = ", ".join(repr(i) for i in missing[:5])
+        raise InputError(f"labels: {len(missing)} ID(s) have no label, e.g. {shown}")
+    values = [labels[i] for i in ids]
+    if all(type(v) is int for v in values):
+        negative = [i for i in ids if labels[i] < 0]
+        if negative:
+            raise InputError(f"labels: ID {negative[0]!r} has negative label {labels[negative[0]]}")
+        huge = [i for i in ids if labels[i] > MAX_LABEL]
+        if huge:
+            raise InputError(f"labels: ID {huge[0]!r} has label {labels[huge[0]]}; integer labels "
+                             f"are class numbers from 0 to {MAX_LABEL}")  # fmt: skip
+        return {i: labels[i] for i in ids}, None, max(values) + 1
+    if all(isinstance(v, str) for v in values):
+        class_names = sorted(set(values))
+        code = {name: k for k, name in enumerate(class_names)}
+        return {i: code[labels[i]] for i in ids}, class_names, len(class_names)
+    first_kind = type(values[0])
+    bad = next(i for i in ids if type(labels[i]) is not first_kind or first_kind not in (int, str))
+    raise InputError(
+        f"labels: ID {bad!r} has label {labels[bad]!r} ({type(labels[bad]).__name__}); "
+        f"labels must be all integers or all strings (first label: {values[0]!r})"
+    )
+
+
+def _read_text(path: str | os.PathLike, what: str, storage_options: dict | None) -> str:
+    try:
+        if is_url(path):
+            with fsspec.open(str(path), "rb", **(storage_options or {})) as f:
+                data = f.read()
+        else:
+            data = local_root(path).read_bytes()
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read {what}: {exc}") from exc
+
+
+def _parse_json(text: str, path: str | os.PathLike, what: str):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: also huge ints
+        raise InputError(f"{path}: cannot read {what} JSON: {exc}") from exc
+
+
+def _is_int(text: str) -> bool:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    return text.lstrip("-").isascii() and text.lstrip("-").isdigit() and len(text) < 20

@@ -1,0 +1,63 @@
+"""`<id>.npy` files in a local folder: links may not leave it, FIFOs and devices are refused."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..errors import InputError
+from .finder import Found
+from .npy import read_npy_header
+
+
+def resolve_sample_path(src_root: Path, sample_id: str) -> Path:
+    """Path of `<id>.npy`, refusing links that leave SRC and anything that is not a regular file."""
+    path = src_root / f"{sample_id}.npy"
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: sample {sample_id!r} has no file (expected {sample_id}.npy in {src_root})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: sample {sample_id!r}: {exc.strerror}") from exc
+    if stat.S_ISLNK(info.st_mode):
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(src_root):
+            raise InputError(f"{path}: sample {sample_id!r} is a symlink to {target}, outside {src_root}")
+        try:
+            info = os.lstat(target)
+        except OSError as exc:
+            raise InputError(f"{path}: sample {sample_id!r} is a symlink to {target}: {exc.strerror}") from exc
+        path = target
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: sample {sample_id!r} is not a regular file")
+    return path
+
+
+class LocalFinder:
+    """`<id>.npy` files in a local folder; links may not leave it, and no file counts twice."""
+
+    def __init__(self, src: str | os.PathLike) -> None:
+        self.root = Path(os.path.realpath(src))
+        if not self.root.is_dir():
+            raise InputError(f"{src}: SRC is not a directory")
+        self._inodes: dict[tuple[int, int], str] = {}
+
+    def npy_names(self) -> list[str]:
+        return sorted(p.name[:-4] for p in self.root.iterdir() if p.name.endswith(".npy"))
+
+    def find(self, ids: Sequence[str]) -> Iterator[Found | InputError]:
+        for sample_id in ids:
+            try:
+                path = resolve_sample_path(self.root, sample_id)
+                header = read_npy_header(path, sample_id)
+                info = os.stat(path)
+            except InputError as exc:
+                yield exc
+                continue
+            inode = (info.st_dev, info.st_ino)
+            if self._inodes.setdefault(inode, sample_id) != sample_id:
+                yield InputError(f"{path}: samples {self._inodes[inode]!r} and {sample_id!r} are the same file")
+                continue
+            yield Found(path, header, (info.st_size, info.st_mtime_ns))

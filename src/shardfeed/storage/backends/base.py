@@ -1,0 +1,149 @@
+"""The backend interface: how a store lays out shards, writes one, and reads rows from one.
+
+A backend is three small things: a `Backend` that plans the layout and opens writers and
+readers, a `ShardWriter` that receives a shard's rows in order, and a `ShardReader` that
+copies requested rows into a caller's buffer. Only modules in this package import h5py/zarr.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import OptionError
+from ..manifest import Manifest, ShardInfo
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shape of the data to write: what every backend needs to create shards."""
+
+    num_samples: int
+    sample_shape: tuple[int, ...]
+    dtype: np.dtype
+    chunk_rows: int
+    shard_rows: int
+    compression: str
+
+    @property
+    def sample_nbytes(self) -> int:
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    """A shard file's size and the CRC32 of its bytes, taken from the bytes as they were written
+    (reading the file back would cost a second pass, and a download for a remote store)."""
+
+    nbytes: int
+    file_checksum: int
+
+
+class ShardWriter(ABC):
+    """Receives one shard's rows in order; `close` makes the shard durable at its final path."""
+
+    @abstractmethod
+    def write(self, block: np.ndarray) -> None:
+        """Append `block` (rows, *sample_shape) after the rows already written."""
+
+    @abstractmethod
+    def close(self) -> WrittenShard:
+        """Flush, fsync and move into place; return what was written."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop what was written (best effort): the shard stays absent."""
+
+
+class ShardReader(ABC):
+    """Copies rows of one shard into a caller's buffer."""
+
+    @abstractmethod
+    def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+        """Set `out[positions[i]] = sample(local_rows[i])`; `local_rows` is sorted ascending."""
+
+    def raw_runs(self) -> tuple[list[int], list[np.ndarray]] | None:
+        """If the shard's chunks are raw: the first row of each run of chunks that lie back to
+        back, and a read-only array over each run's mapped bytes. None otherwise."""
+        return None
+
+    def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
+        """Set `out[i] = sample(local_rows[i])` for rows in any order, if this reader can do that
+        without sorting them (raw chunks can); returns whether it did."""
+        return False
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release file handles."""
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def shard_path(self, layout: Layout, shard: int) -> str:
+        """Path of shard number `shard`, relative to the store root."""
+
+    def prepare(self, root: Path, layout: Layout) -> None:  # noqa: B027 - most backends need nothing
+        """Create whatever shards share (the driver calls this once, before any writer)."""
+
+    @abstractmethod
+    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
+        """A writer for shard number `shard` (rows shard*shard_rows onwards)."""
+
+    @abstractmethod
+    def open_reader(self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
+        """A reader; `fast` reads chunk bytes directly, otherwise through the library."""
+
+    def prepare_remote(self, location, layout: Layout) -> None:
+        """`prepare` for a store at an fsspec URL."""
+        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
+
+    def open_remote_writer(self, location, layout: Layout, shard: int) -> ShardWriter:
+        """`open_writer` for a store at an fsspec URL."""
+        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
+
+    def open_remote_reader(self, location, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
+        """`open_reader` for a store at an fsspec URL."""
+        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
+
+
+REMOTE_REFUSAL = (
+    "{url}: {name} stores must be local paths: reading HDF5 over object storage costs several "
+    "small range requests per chunk. Convert with --format zarr for object storage, or copy the "
+    "store to a local disk"
+)
+
+
+def chunk_groups(local_rows: np.ndarray, chunk_rows: int) -> list[tuple[int, int, int]]:
+    """Split sorted local rows into (chunk, start, stop) runs, one per chunk touched."""
+    chunks = local_rows // chunk_rows
+    bounds = np.flatnonzero(np.diff(chunks)) + 1
+    starts = np.concatenate(([0], bounds))
+    stops = np.concatenate((bounds, [len(local_rows)]))
+    return [(int(chunks[a]), int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def copy_rows_from_chunks(
+    read_chunk, local_rows: np.ndarray, chunk_rows: int, out: np.ndarray, positions: np.ndarray, pool=None
+) -> None:
+    """Read each touched chunk once with `read_chunk(chunk) -> array` and scatter its rows.
+
+    With a `concurrent.futures` executor as `pool`, chunks are read (decoded) in parallel; each
+    writes only its own rows of `out`.
+    """
+
+    def copy(group: tuple[int, int, int]) -> None:
+        chunk, a, b = group
+        out[positions[a:b]] = read_chunk(chunk)[local_rows[a:b] - chunk * chunk_rows]
+
+    groups = chunk_groups(local_rows, chunk_rows)
+    if pool is None or len(groups) < 2:
+        for group in groups:
+            copy(group)
+    else:
+        for _ in pool.map(copy, groups):  # re-raises the first failure
+            pass

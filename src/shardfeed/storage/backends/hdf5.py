@@ -1,0 +1,193 @@
+"""HDF5 backend: one file per shard (`shards/shard-00000.h5`), dataset `x` chunked along axis 0.
+
+Each shard is built in memory (HDF5's core driver) and written by `write_atomic`: under a
+temporary name, fsynced, then renamed. HDF5 files do not survive a crash mid-write
+(RELIABILITY.md), so an unfinished shard never has its final name; and libhdf5 never writes
+to disk itself, because after a failed write (disk full) closing the file crashed the process
+with a segmentation fault, where a write from Python fails with a clean `OSError`. Files are
+read without HDF5's own locking, which fails on NFS/Lustre; our lock file guards conversions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ...errors import StoreFormatError
+from ..files import checksum, write_atomic
+from ..manifest import Manifest, ShardInfo
+from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard, copy_rows_from_chunks
+from .rawchunks import RawChunkReader, zlib_decoder
+
+DATASET = "x"
+GZIP_LEVEL = 4
+
+
+class HDF5Backend(Backend):
+    name = "hdf5"
+
+    def shard_path(self, layout: Layout, shard: int) -> str:
+        # docstring inherited
+        return f"shards/shard-{shard:05d}.h5"
+
+    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
+        # docstring inherited
+        return HDF5ShardWriter(root / self.shard_path(layout, shard), layout, shard)
+
+    def open_reader(
+        self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
+    ) -> ShardReader:
+        # docstring inherited
+        path = root / shard.path
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                dset = _checked_dataset(f, path, manifest, shard)
+                chunk_rows = dset.chunks[0]  # a shard smaller than chunk_rows has one smaller chunk
+                if fast:
+                    offsets, sizes = _chunk_ranges(dset)
+            if not fast:
+                return HDF5LibraryReader(path, chunk_rows)
+        except StoreFormatError:
+            raise
+        except Exception as exc:  # h5py reports damage as OSError, KeyError, RuntimeError...
+            raise StoreFormatError(f"{path}: not a readable HDF5 shard: {exc}") from exc
+        decode = zlib_decoder(15) if manifest.compression == "gzip" else None
+        return RawChunkReader(
+            path, offsets, sizes, chunk_rows, manifest.sample_shape, manifest.np_dtype, decode
+        )
+
+
+class HDF5ShardWriter(ShardWriter):
+    def __init__(self, final_path: Path, layout: Layout, shard: int) -> None:
+        first = shard * layout.shard_rows
+        rows = min(layout.shard_rows, layout.num_samples - first)
+        self._final = final_path
+        self._file = h5py.File(
+            final_path, "w", driver="core", backing_store=False, libver=("earliest", "v110")
+        )
+        options = {}
+        dcpl = None
+        if layout.compression == "gzip":
+            options = {"compression": "gzip", "compression_opts": GZIP_LEVEL}
+        else:
+            # Allocate every chunk at creation, back to back: the fast reader then sees the whole
+            # shard as one array, and the file's bytes do not depend on write order.
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        self._dset = self._file.create_dataset(
+            DATASET,
+            shape=(rows, *layout.sample_shape),
+            dtype=layout.dtype,
+            chunks=(min(layout.chunk_rows, rows), *layout.sample_shape),
+            track_times=False,
+            dcpl=dcpl,
+            **options,
+        )
+        self._next = 0
+
+    def write(self, block: np.ndarray) -> None:
+        # docstring inherited
+        self._dset[self._next : self._next + len(block)] = block
+        self._next += len(block)
+
+    def close(self) -> WrittenShard:
+        # docstring inherited
+        if self._next != self._dset.shape[0]:
+            raise RuntimeError(f"{self._final}: {self._next} of {self._dset.shape[0]} rows written")
+        self._file.flush()
+        image = self._file.id.get_file_image()
+        self._file.close()
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._final, image)
+        return WrittenShard(len(image), checksum(image))
+
+    def abort(self) -> None:
+        # docstring inherited
+        with contextlib.suppress(Exception):  # an in-memory file: nothing on disk to clean up
+            self._file.close()
+
+
+class HDF5LibraryReader(ShardReader):
+    """Reference path: whole chunks through h5py's `read_direct`, never fancy indexing."""
+
+    def __init__(self, path: Path, chunk_rows: int) -> None:
+        self._file = h5py.File(path, "r", locking=False)
+        self._dset = self._file[DATASET]
+        self._chunk_rows = chunk_rows
+
+    def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+        # docstring inherited
+        copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions)
+
+    def _read_chunk(self, chunk: int) -> np.ndarray:
+        start = chunk * self._chunk_rows
+        stop = min(start + self._chunk_rows, self._dset.shape[0])
+        buf = np.empty((stop - start, *self._dset.shape[1:]), dtype=self._dset.dtype)
+        try:
+            self._dset.read_direct(buf, np.s_[start:stop])
+        except Exception as exc:  # h5py reports damage as OSError, RuntimeError...
+            raise StoreFormatError(f"{self._file.filename}: chunk {chunk}: {exc}") from exc
+        return buf
+
+    def close(self) -> None:
+        # docstring inherited
+        self._file.close()
+
+
+def _checked_dataset(
+    f: h5py.File, path: Path, manifest: Manifest, shard: ShardInfo
+) -> h5py.Dataset:
+    """Refuse a shard whose dataset differs from the manifest, or that points outside the file."""
+    link = f.get(DATASET, getlink=True)  # the link itself: following an external one opens a file
+    if link is None:
+        raise StoreFormatError(f"{path}: no dataset {DATASET!r}")
+    if not isinstance(link, h5py.HardLink):
+        raise StoreFormatError(f"{path}: {DATASET!r} is an external or soft link, refused")
+    dset = f[DATASET]
+    if not isinstance(dset, h5py.Dataset):
+        raise StoreFormatError(f"{path}: {DATASET!r} is not a dataset")
+    expected_shape = (shard.num_rows, *manifest.sample_shape)
+    problems = []
+    if dset.shape != expected_shape:
+        problems.append(f"shape {dset.shape}, expected {expected_shape}")
+    if dset.dtype != manifest.np_dtype:
+        problems.append(f"dtype {dset.dtype.str}, expected {manifest.dtype}")
+    if dset.is_virtual or dset.external:
+        problems.append("virtual or external storage")
+    expected_chunks = (min(manifest.chunk_rows, shard.num_rows), *manifest.sample_shape)
+    if dset.chunks != expected_chunks:
+        problems.append(f"chunks {dset.chunks}, expected {expected_chunks}")
+    filters, expected_filters = _filters(dset), EXPECTED_FILTERS.get(manifest.compression)
+    if filters != expected_filters:
+        problems.append(f"filters {filters}, expected {expected_filters} ({manifest.compression})")
+    if problems:
+        reasons = "; ".join(problems)
+        raise StoreFormatError(f"{path}: dataset does not match the manifest: {reasons}")
+    return dset
+
+
+EXPECTED_FILTERS = {"none": [], "gzip": [h5py.h5z.FILTER_DEFLATE]}
+
+
+def _filters(dset: h5py.Dataset) -> list[int]:
+    """The dataset's filter pipeline (any other filter would make raw chunk bytes wrong)."""
+    plist = dset.id.get_create_plist()
+    return [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+
+
+def _chunk_ranges(dset: h5py.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offset and size of each chunk, in row order, from the HDF5 chunk index."""
+    num_chunks = -(-dset.shape[0] // dset.chunks[0])
+    offsets = np.full(num_chunks, -1, dtype=np.int64)
+    sizes = np.full(num_chunks, -1, dtype=np.int64)
+    for i in range(dset.id.get_num_chunks()):
+        info = dset.id.get_chunk_info(i)
+        chunk = info.chunk_offset[0] // dset.chunks[0]
+        if info.filter_mask != 0 or not 0 <= chunk < num_chunks:
+            raise StoreFormatError(f"{dset.file.filename}: unexpected chunk {info.chunk_offset}")
+        offsets[chunk], sizes[chunk] = info.byte_offset, info.size
+    return offsets, sizes

@@ -1,0 +1,183 @@
+"""The fast read path: copy rows straight out of chunk bytes at known file offsets.
+
+Both HDF5 (chunk index) and Zarr's sharding codec (shard index) tell where each chunk's bytes
+lie in a shard file. Reading those bytes ourselves skips the libraries' per-call costs
+(h5py's global lock, zarr's per-chunk async machinery), which ANCHORS.md measured at
+10-200x the cost of the copy itself. Offsets come from an untrusted file, so every range is
+checked against the file size and every decoded chunk against its expected size.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import StoreFormatError
+from .base import ShardReader, copy_rows_from_chunks
+
+Decoder = Callable[[bytes, int], bytes]
+ROW_COPY_MIN_BYTES = 16 * 1024  # larger rows: a loop of single copies beats gather-then-scatter
+MAX_DECODE_THREADS = 8
+
+_decode_pool: ThreadPoolExecutor | None = None
+_decode_pool_lock = threading.Lock()
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """This process's threads for decoding chunks in parallel (zstd, zlib and blosc release the GIL).
+
+    A batch touching many compressed chunks (global shuffle) decodes them on every core.
+    """
+    global _decode_pool
+    with _decode_pool_lock:
+        if _decode_pool is None:
+            threads = min(MAX_DECODE_THREADS, len(os.sched_getaffinity(0)))
+            _decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="shardfeed-decode")
+        return _decode_pool
+
+
+def _forget_decode_pool() -> None:
+    """A forked child (a Keras worker) has none of its parent's threads: it starts its own pool."""
+    global _decode_pool, _decode_pool_lock
+    _decode_pool, _decode_pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_decode_pool)
+
+
+def zlib_decoder(wbits: int) -> Decoder:
+    """Bounded inflate: never produces more than the chunk's size (a chunk bomb stops there)."""
+
+    def decode(data: bytes, expected: int) -> bytes:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(data, expected)
+        if inflater.unconsumed_tail:
+            raise ValueError(f"chunk inflates beyond its expected {expected} bytes")
+        return out
+
+    return decode
+
+
+class RawChunkReader(ShardReader):
+    """Reads rows of one shard file from chunk byte ranges (optionally compressed)."""
+
+    def __init__(
+        self,
+        path: Path,
+        offsets: np.ndarray,
+        sizes: np.ndarray,
+        chunk_rows: int,
+        sample_shape: tuple[int, ...],
+        dtype: np.dtype,
+        decode: Decoder | None,
+    ) -> None:
+        self._path = path
+        self._chunk_rows = chunk_rows
+        self._sample_shape = sample_shape
+        self._dtype = dtype
+        self._decode = decode
+        self._chunk_nbytes = chunk_rows * int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
+        self._offsets = offsets.astype(np.int64)
+        self._sizes = sizes.astype(np.int64)
+        self._sample_nbytes = self._chunk_nbytes // chunk_rows
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            file_size = os.fstat(fd).st_size
+            self._check_ranges(file_size)
+            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if file_size else None
+        finally:
+            os.close(fd)  # the mapping stays valid without it
+        self._run_first, self._views = self._run_views()
+
+    def _check_ranges(self, file_size: int) -> None:
+        bad = (self._offsets < 0) | (self._sizes < 0) | (self._offsets + self._sizes > file_size)
+        if self._decode is None:
+            bad |= self._sizes != self._chunk_nbytes
+        if bad.any():
+            chunk = int(np.flatnonzero(bad)[0])
+            raise StoreFormatError(
+                f"{self._path}: chunk {chunk} claims bytes [{self._offsets[chunk]}, "
+                f"+{self._sizes[chunk]}) of a {file_size}-byte file with {self._chunk_nbytes}-byte "
+                f"chunks; the shard is truncated or corrupt"
+            )
+
+    def _run_views(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Arrays over each run of raw chunks that lie back to back in the file, in order.
+
+        HDF5 puts an index node after every 64 chunks or so, and Zarr shards are contiguous:
+        a few views cover a shard, so a gather is one fancy index per run, not per chunk.
+        Returns the first row of each run and its view.
+        """
+        if self._decode is not None or self._mm is None or len(self._offsets) == 0:
+            return np.empty(0, dtype=np.int64), []
+        breaks = np.flatnonzero(np.diff(self._offsets) != self._chunk_nbytes) + 1
+        starts = np.r_[0, breaks]
+        stops = np.r_[breaks, len(self._offsets)]
+        views = [
+            np.ndarray(((b - a) * self._chunk_rows, *self._sample_shape), dtype=self._dtype,
+                       buffer=self._mm, offset=int(self._offsets[a]))
+            for a, b in zip(starts.tolist(), stops.tolist())
+        ]
+        return starts * self._chunk_rows, views
+
+    def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+        # docstring inherited
+        if not self._views:  # compressed chunks: decode each touched chunk once, in parallel
+            copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions, decode_pool())
+            return
+        self._copy_raw(local_rows, out, positions)
+
+    def raw_runs(self) -> tuple[list[int], list[np.ndarray]] | None:
+        # docstring inherited
+        return (self._run_first.tolist(), self._views) if self._views else None
+
+    def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
+        # docstring inherited
+        if not self._views:
+            return False
+        self._copy_raw(local_rows, out, None)
+        return True
+
+    def _copy_raw(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray | None) -> None:
+        """Copy rows (in any order) from the run views; `positions` None means row i to out[i]."""
+        runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
+        if self._sample_nbytes >= ROW_COPY_MIN_BYTES:  # one copy per row, not gather + scatter
+            targets = range(len(local_rows)) if positions is None else positions.tolist()
+            for run, row, pos in zip(runs.tolist(), local_rows.tolist(), targets):
+                out[pos] = self._views[run][row - self._run_first[run]]
+        elif len(self._views) == 1 and positions is None:  # one run, rows in order: one gather
+            # "clip" is never used (rows are checked by Store.read); "raise" would buffer `out`.
+            np.take(self._views[0], local_rows, axis=0, out=out, mode="clip")
+        else:
+            for run in np.unique(runs).tolist():
+                mine = runs == run
+                rows = self._views[run][local_rows[mine] - self._run_first[run]]
+                out[mine if positions is None else positions[mine]] = rows
+
+    def _read_chunk(self, chunk: int) -> np.ndarray:
+        start, size = int(self._offsets[chunk]), int(self._sizes[chunk])
+        data = self._mm[start : start + size]
+        if self._decode is not None:
+            try:
+                data = self._decode(data, self._chunk_nbytes)
+            except Exception as exc:  # codecs raise their own error types on corrupt input
+                raise StoreFormatError(f"{self._path}: chunk {chunk} does not decode: {exc}") from exc
+            if len(data) != self._chunk_nbytes:
+                raise StoreFormatError(
+                    f"{self._path}: chunk {chunk} decodes to {len(data)} bytes, expected {self._chunk_nbytes}"
+                )
+        return np.frombuffer(data, dtype=self._dtype).reshape(self._chunk_rows, *self._sample_shape)
+
+    def close(self) -> None:
+        # docstring inherited
+        self._views = []
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None

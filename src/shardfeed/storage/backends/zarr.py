@@ -1,0 +1,133 @@
+"""Zarr v3 backend: one group with array `x`, chunked along axis 0, using Zarr's sharding codec.
+
+Local stores live here; stores at URLs in `zarr_remote`, the layout and checks both share in
+`zarr_format`. Zarr's local store already writes through a `.partial` file and a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from ...errors import StoreFormatError
+from ...urls import RemoteLocation
+from ..files import fsync_dir
+from ..manifest import Manifest, ShardInfo
+from . import zarr_remote
+from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard
+from .rawchunks import RawChunkReader
+from .zarr_format import (
+    ARRAY,
+    DECODERS,
+    BufferedShardWriter,
+    ZarrLibraryReader,
+    check_array,
+    create_array,
+    parse_shard_index,
+)
+
+MAX_METADATA_BYTES = 1 << 20
+
+
+class ZarrBackend(Backend):
+    name = "zarr"
+
+    def shard_path(self, layout: Layout, shard: int) -> str:
+        # docstring inherited
+        return "/".join([ARRAY, "c", str(shard), *["0"] * len(layout.sample_shape)])
+
+    def prepare(self, root: Path, layout: Layout) -> None:
+        # docstring inherited
+        create_array(zarr.open_group(store=str(root), mode="a", zarr_format=3), layout)
+
+    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
+        # docstring inherited
+        return ZarrShardWriter(root, layout, shard, self.shard_path(layout, shard))
+
+    def open_reader(
+        self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
+    ) -> ShardReader:
+        # docstring inherited
+        metadata = root / ARRAY / "zarr.json"
+        info = os.stat(metadata) if os.path.lexists(metadata) else None
+        if info is None or not stat.S_ISREG(info.st_mode) or info.st_size > MAX_METADATA_BYTES:
+            raise StoreFormatError(f"{metadata}: missing, not a regular file, or too large")
+        try:
+            array = zarr.open_array(store=str(root / ARRAY), mode="r", zarr_format=3)
+        except Exception as exc:  # zarr raises many types for bad metadata (unknown codecs...)
+            raise StoreFormatError(f"{metadata}: unreadable array metadata: {exc}") from exc
+        check_array(array, str(root / ARRAY), manifest)
+        if not fast:
+            return ZarrLibraryReader(array, shard.first_row, manifest.chunk_rows)
+        path = root / shard.path
+        num_chunks = -(-shard.num_rows // manifest.chunk_rows)
+        offsets, sizes = _shard_index(path, manifest.shard_rows // manifest.chunk_rows, num_chunks)
+        return RawChunkReader(
+            path,
+            offsets,
+            sizes,
+            manifest.chunk_rows,
+            manifest.sample_shape,
+            manifest.np_dtype,
+            DECODERS[manifest.compression],
+        )
+
+
+    def prepare_remote(self, location: RemoteLocation, layout: Layout) -> None:
+        # docstring inherited
+        zarr_remote.prepare_remote(location, layout)
+
+    def open_remote_writer(self, location: RemoteLocation, layout: Layout, shard: int) -> ShardWriter:
+        # docstring inherited
+        return zarr_remote.RemoteZarrShardWriter(location, layout, shard, self.shard_path(layout, shard))
+
+    def open_remote_reader(
+        self, location: RemoteLocation, manifest: Manifest, shard: ShardInfo, fast: bool
+    ) -> ShardReader:
+        # docstring inherited
+        return zarr_remote.open_remote_reader(location, manifest, shard, fast)
+
+
+class ZarrShardWriter(BufferedShardWriter):
+    """A local shard: written, then fsynced with its new directories."""
+
+    def __init__(self, root: Path, layout: Layout, shard: int, shard_key: str) -> None:
+        self._shard_file = root / shard_key
+        super().__init__(LocalStore(root), layout, shard, shard_key, self._shard_file)
+        self._root = root
+
+    def close(self) -> WrittenShard:
+        # docstring inherited
+        self._check_complete()
+        # A leftover shard (no record: a rerun after a crash) would be read and merged; it may
+        # be damaged, and the new one replaces all of it anyway.
+        self._shard_file.unlink(missing_ok=True)
+        written = self._assign()
+        fd = os.open(self._shard_file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for directory in self._shard_file.relative_to(self._root).parents:  # new directories too
+            fsync_dir(self._root / directory)
+        return written
+
+
+def _shard_index(path: Path, chunks_per_shard: int, num_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, size) of the first `num_chunks` inner chunks, from the index at the shard's end."""
+    index_nbytes = chunks_per_shard * 16 + 4  # uint64 pairs, then a CRC32C
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < index_nbytes:
+                raise StoreFormatError(f"{path}: shard is shorter than its index (truncated)")
+            f.seek(-index_nbytes, os.SEEK_END)
+            tail = f.read(index_nbytes)
+    except FileNotFoundError as exc:
+        raise StoreFormatError(f"{path}: shard file missing") from exc
+    return parse_shard_index(tail, str(path), chunks_per_shard, num_chunks)

@@ -1,0 +1,110 @@
+"""What `shardfeed inspect` shows: a store summary as a dict, and as readable text."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .format import FORMAT_VERSION
+from .store import Store
+
+
+def describe(store: Store) -> dict:
+    """Summary of a store; the keys are stable (`inspect --json` prints this dict)."""
+    m = store.manifest
+    on_disk = _bytes_on_disk(store)
+    raw = m.num_samples * m.sample_nbytes
+    histograms = None
+    if store.labels is not None:
+        histograms = {}
+        for name in m.splits:
+            counts = np.bincount(store.labels[store.split(name)], minlength=m.num_classes or 0)
+            names = store.class_names or [str(k) for k in range(len(counts))]
+            histograms[name] = {names[k]: int(c) for k, c in enumerate(counts)}
+    return {
+        "path": str(store.path),
+        "backend": m.backend,
+        "format_version": m.format_version,
+        "reader_format_version": FORMAT_VERSION,
+        "num_samples": m.num_samples,
+        "sample_shape": list(m.sample_shape),
+        "dtype": m.dtype,
+        "source_dtype": m.source.get("dtype", m.dtype),
+        "splits": dict(m.splits),
+        "class_names": m.class_names,
+        "num_classes": m.num_classes,
+        "label_histogram": histograms,
+        "num_shards": len(m.shards),
+        "chunk_rows": m.chunk_rows,
+        "shard_rows": m.shard_rows,
+        "compression": m.compression,
+        "bytes_raw": raw,
+        "bytes_on_disk": on_disk,
+        "compression_ratio": round(raw / on_disk, 3) if on_disk else None,
+        "shards": [
+            {"path": s.path, "first_row": s.first_row, "last_row": s.last_row, "nbytes": s.nbytes}
+            for s in m.shards
+        ],
+    }
+
+
+def format_summary(summary: dict, show_shards: bool = False) -> str:
+    s = summary
+    lines = [
+        f"store        {s['path']}",
+        f"backend      {s['backend']} (format version {s['format_version']})",
+        f"samples      {s['num_samples']:,} of shape {tuple(s['sample_shape'])} {s['dtype']}"
+        + (f" (source dtype {s['source_dtype']})" if s["source_dtype"] != s["dtype"] else ""),
+        f"chunks       {s['chunk_rows']} rows; shards of {s['shard_rows']} rows: {s['num_shards']}",
+        f"compression  {s['compression']}",
+        f"size         {_mb(s['bytes_on_disk'])} on disk, {_mb(s['bytes_raw'])} raw"
+        + (f", ratio {s['compression_ratio']:.2f}" if s["compression_ratio"] else ""),
+        "classes      " + (", ".join(s["class_names"]) if s["class_names"] else
+                           (f"{s['num_classes']} (integer labels)" if s["num_classes"] else "unlabeled")),
+        "splits",
+    ]  # fmt: skip
+    for name, count in s["splits"].items():
+        lines.append(f"  {name:<12} {count:>10,}")
+        if s["label_histogram"]:
+            hist = s["label_histogram"][name]
+            lines.append("    labels   " + "  ".join(f"{k}:{v}" for k, v in hist.items()))
+    if show_shards:
+        lines.append("shards")
+        for shard in s["shards"]:
+            lines.append(f"  {shard['path']:<32} rows {shard['first_row']}-{shard['last_row']}  {_mb(shard['nbytes'])}")
+    return "\n".join(lines)
+
+
+def describe_sample(store: Store, sample_id: str) -> dict:
+    """Row, shard, label, checksum and value statistics of one sample."""
+    row = int(store.rows([sample_id])[0])
+    shard = store.manifest.shards[int(store.manifest.locate(np.array([row]))[0])]
+    data = store.read([row])[0]
+    label = None if store.labels is None else int(store.labels[row])
+    return {
+        "id": sample_id,
+        "row": row,
+        "split": store.split_of(np.array([row]))[0],
+        "shard": shard.path,
+        "label": label,
+        "class_name": store.class_names[label] if store.class_names and label is not None else None,
+        "checksum": f"crc32:{int(store.checksums[row]):08x}",
+        "shape": list(data.shape),
+        "dtype": data.dtype.str,
+        "min": _scalar(data.min()),
+        "max": _scalar(data.max()),
+        "mean": float(data.mean()) if data.dtype.kind != "c" else str(data.mean()),
+    }
+
+
+def _scalar(value):
+    return value.item() if np.isrealobj(value) else str(value)
+
+
+def _bytes_on_disk(store: Store) -> int:
+    if store.location is not None:
+        return int(store.location.fs.du(store.location.path))
+    return sum(p.stat().st_size for p in store.path.rglob("*") if p.is_file())
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"

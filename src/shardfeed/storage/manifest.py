@@ -1,0 +1,255 @@
+"""The store's manifest (`manifest.json`): what a store holds and how it was made.
+
+The manifest is the commit point of a conversion: it is written last, through a temporary
+file, fsync and an atomic rename, so a store exists only once its manifest does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreFormatError, StoreNotFinalizedError, StoreNotFoundError
+from ..urls import RemoteLocation
+from .files import read_store_file
+from .format import (
+    COMPRESSIONS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    MAX_CHUNK_BYTES,
+    MAX_MANIFEST_BYTES,
+    WORK_DIR,
+)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard: rows [first_row, last_row], its path in the store and two checksums.
+
+    `checksum` is the CRC32 of the shard's per-sample CRC32s (little-endian uint32), so a
+    shard verifies by re-reading its samples, independent of the container's own bytes.
+    `file_checksum` is the CRC32 of the whole file (`nbytes` bytes): it also catches damage
+    to container metadata that no sample read would notice (padding, unused index slots).
+    """
+
+    path: str
+    first_row: int
+    last_row: int
+    nbytes: int
+    checksum: int
+    file_checksum: int
+
+    @property
+    def num_rows(self) -> int:
+        return self.last_row - self.first_row + 1
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to read a store, plus how it was made."""
+
+    backend: str
+    num_samples: int
+    sample_shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    shard_rows: int
+    compression: str
+    splits: dict[str, int]
+    shards: tuple[ShardInfo, ...]
+    index_checksum: int
+    class_names: list[str] | None = None
+    num_classes: int | None = None
+    labeled: bool = True
+    source: dict[str, Any] = field(default_factory=dict)
+    converter: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def sample_nbytes(self) -> int:
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * self.np_dtype.itemsize
+
+    @property
+    def shard_starts(self) -> np.ndarray:
+        return np.array([s.first_row for s in self.shards], dtype=np.int64)
+
+    def locate(self, rows: np.ndarray) -> np.ndarray:
+        """Shard number of each row (rows must be in range)."""
+        return np.searchsorted(self.shard_starts, rows, side="right") - 1
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["sample_shape"] = list(self.sample_shape)
+        data["shards"] = [asdict(s) for s in self.shards]
+        return json.dumps(data, indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = MANIFEST_NAME) -> Manifest:
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge numbers, deep nesting
+            raise StoreFormatError(f"{where}: not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise StoreFormatError(f"{where}: not a shardfeed manifest")
+        version = data.get("format_version")
+        if type(version) is not int or version < 1:
+            raise StoreFormatError(f"{where}: format_version {version!r} is not a version number")
+        if version > FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{where}: store format version {version} is newer than this shardfeed reads "
+                f"(version {FORMAT_VERSION}); upgrade shardfeed"
+            )
+        _check_fields(data, _MANIFEST_FIELDS, where)
+        for k, shard in enumerate(data["shards"]):
+            _check_fields(shard, _SHARD_FIELDS, f"{where}: shards[{k}]")
+        try:
+            data["sample_shape"] = tuple(data["sample_shape"])
+            data["shards"] = tuple(ShardInfo(**s) for s in data["shards"])
+            manifest = cls(**data)
+        except TypeError as exc:  # missing or unknown keys
+            raise StoreFormatError(f"{where}: malformed manifest: {exc}") from exc
+        manifest.validate(where)
+        return manifest
+
+    def validate(self, where: str) -> None:
+        """Check internal consistency so a crafted manifest cannot steer reads out of range."""
+        problems = []
+        if self.backend not in COMPRESSIONS:
+            problems.append(f"unknown backend {self.backend!r}")
+        elif self.compression not in COMPRESSIONS[self.backend]:
+            problems.append(f"compression {self.compression!r} unknown to {self.backend}")
+        try:
+            dt = np.dtype(self.dtype)
+        except Exception:  # numpy's dtype parser raises TypeError, ValueError, SyntaxError...
+            problems.append(f"invalid dtype {self.dtype!r}")
+        else:
+            if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
+                problems.append(f"dtype {self.dtype!r} not supported")
+            elif self.chunk_rows * math.prod(self.sample_shape) * dt.itemsize > MAX_CHUNK_BYTES:
+                problems.append(f"chunks of {self.chunk_rows} samples of shape {self.sample_shape} "
+                                f"exceed {MAX_CHUNK_BYTES} bytes")  # fmt: skip
+        if any(d < 1 for d in self.sample_shape) or self.chunk_rows < 1 or self.shard_rows < 1:
+            problems.append("non-positive sample dimensions or chunk/shard rows")
+        elif self.shard_rows % self.chunk_rows:
+            problems.append(f"shard_rows {self.shard_rows} is not a multiple of chunk_rows")
+        problems += self._shard_problems()
+        sizes = self.splits.values()
+        if any(n < 0 for n in sizes) or sum(sizes) != self.num_samples:
+            problems.append("split sizes do not add up to num_samples")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if problems:
+            raise StoreFormatError(f"{where}: inconsistent manifest: " + "; ".join(problems))
+
+    def _shard_problems(self) -> list[str]:
+        """Shard k must hold rows [k * shard_rows, ...), all but the last one full."""
+        for k, shard in enumerate(self.shards):
+            path = Path(shard.path)
+            if not shard.path or "\0" in shard.path or path.is_absolute() or ".." in path.parts:
+                return [f"shard path {shard.path!r} leaves the store"]
+            first = k * self.shard_rows
+            rows = min(self.shard_rows, self.num_samples - first)
+            if (shard.first_row, shard.num_rows) != (first, rows) or shard.nbytes < 0:
+                return [f"shard {shard.path!r} holds rows {shard.first_row}-{shard.last_row}, "
+                        f"expected {first}-{first + rows - 1}"]  # fmt: skip
+        covered = len(self.shards) * self.shard_rows
+        if not covered - self.shard_rows < self.num_samples <= covered:
+            return [f"{len(self.shards)} shards of {self.shard_rows} rows cannot hold "
+                    f"{self.num_samples} samples"]  # fmt: skip
+        return []
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # JSON true/false are bools, not counts
+
+
+def _is_str(value: Any) -> bool:
+    return type(value) is str
+
+
+def _is_dict(value: Any) -> bool:
+    return type(value) is dict
+
+
+_MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "backend": _is_str,
+    "num_samples": _is_int,
+    "sample_shape": lambda v: type(v) is list and all(map(_is_int, v)),
+    "dtype": _is_str,
+    "chunk_rows": _is_int,
+    "shard_rows": _is_int,
+    "compression": _is_str,
+    "splits": lambda v: _is_dict(v) and all(map(_is_int, v.values())),
+    "shards": lambda v: type(v) is list and all(map(_is_dict, v)),
+    "index_checksum": _is_int,
+    "class_names": lambda v: v is None or (type(v) is list and all(map(_is_str, v))),
+    "num_classes": lambda v: v is None or _is_int(v),
+    "labeled": lambda v: type(v) is bool,
+    "source": _is_dict,
+    "converter": _is_dict,
+}
+_SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "path": _is_str,
+    "first_row": _is_int,
+    "last_row": _is_int,
+    "nbytes": _is_int,
+    "checksum": _is_int,
+    "file_checksum": _is_int,
+}
+
+
+_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter"}
+
+
+def _check_fields(data: dict, fields: dict[str, Callable[[Any], bool]], where: str) -> None:
+    """Refuse a JSON object that lacks a required field or has one of the wrong type."""
+    missing = [name for name in fields if name not in data and name not in _OPTIONAL]
+    if missing:
+        raise StoreFormatError(f"{where}: malformed manifest: missing {', '.join(missing)}")
+    bad = [name for name, ok in fields.items() if name in data and not ok(data[name])]
+    if bad:
+        shown = ", ".join(f"{name}={data[name]!r:.60}" for name in bad)
+        raise StoreFormatError(f"{where}: malformed manifest: wrong type for {shown}")
+
+
+def load_manifest(root: Path) -> Manifest:
+    """The manifest of the store at `root`, refusing a missing or unfinished store."""
+    path = root / MANIFEST_NAME
+    if not os.path.lexists(path):
+        if not root.exists():
+            raise StoreNotFoundError(f"{root}: no such store")
+        if (root / WORK_DIR).exists() or (root / LOCK_NAME).exists():
+            raise StoreNotFinalizedError(
+                f"{root}: store is not finalized (its conversion was interrupted or is still "
+                f"running); finish it with 'shardfeed convert ... --resume'"
+            )
+        raise StoreNotFoundError(f"{root}: not a shardfeed store (no {MANIFEST_NAME})")
+    return Manifest.from_json(read_store_file(path, "manifest", MAX_MANIFEST_BYTES), str(path))
+
+
+def load_remote_manifest(location: RemoteLocation) -> Manifest:
+    """The manifest of a store at a URL, refusing a missing or unfinished store (as `load_manifest`)."""
+    if not location.exists(MANIFEST_NAME):
+        if location.exists(WORK_DIR):
+            raise StoreNotFinalizedError(
+                f"{location.url}: store is not finalized (its conversion was interrupted or is still "
+                f"running); finish it with 'shardfeed convert ... --resume'"
+            )
+        raise StoreNotFoundError(f"{location.url}: no shardfeed store here (no {MANIFEST_NAME})")
+    if location.size(MANIFEST_NAME) > MAX_MANIFEST_BYTES:
+        raise StoreNotFoundError(f"{location.url_of(MANIFEST_NAME)}: larger than {MAX_MANIFEST_BYTES} bytes")
+    return Manifest.from_json(location.read_bytes(MANIFEST_NAME), location.url_of(MANIFEST_NAME))

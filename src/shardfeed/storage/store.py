@@ -1,0 +1,284 @@
+"""`Store`: an opened store — its index, and `read(rows, out)` with lazy per-process handles.
+
+A `Store` holds the path and the manifest, never an open file across processes: shard readers
+are opened on first use and keyed by the process id, so a forked child that inherited the
+parent's readers discards them (without closing the parent's) and opens its own, and
+pickling drops them (h5py objects cannot be pickled; see RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import (
+    ChecksumError,
+    ShardNotFoundError,
+    StoreFormatError,
+    UnknownIDError,
+    UnknownSplitError,
+)
+from ..urls import RemoteLocation, is_url, local_root
+from .backends import ShardReader, get_backend
+from .backends.rawchunks import ROW_COPY_MIN_BYTES
+from .files import checksum
+from .index import Index, load_index, load_remote_index
+from .manifest import Manifest, load_manifest, load_remote_manifest
+
+
+class Store:
+    """A finalized shardfeed store. Open one with `open_store(path)`.
+
+    Args:
+        path: the store directory.
+        fast: read chunk bytes directly (default) rather than through h5py / zarr calls.
+        verify: check each sample read against its CRC32 from the index (costs one CRC pass).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fast: bool = True,
+        verify: bool = False,
+        storage_options: dict | None = None,
+    ) -> None:
+        self.fast = fast
+        self.verify = verify
+        self.storage_options = storage_options  # also for a `verify --source` at a URL
+        if is_url(path):
+            self.location: RemoteLocation | None = RemoteLocation(str(path), storage_options)
+            self.path: Path | str = self.location.url
+            self.manifest: Manifest = load_remote_manifest(self.location)
+            self._index: Index = load_remote_index(self.location, self.manifest)
+        else:
+            self.location = None
+            self.path = local_root(path)
+            self.manifest = load_manifest(self.path)
+            self._index = load_index(self.path, self.manifest)
+        self._shard_starts = self.manifest.shard_starts
+        self._large_rows = self.manifest.sample_nbytes >= ROW_COPY_MIN_BYTES  # copied one by one
+        self._readers: dict[int, ShardReader] = {}
+        self._readers_pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_readers"] = {}
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._readers_pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.manifest.num_samples
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, backend={self.backend!r}, samples={len(self)})"
+
+    @property
+    def backend(self) -> str:
+        return self.manifest.backend
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.manifest.sample_shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.manifest.np_dtype
+
+    @property
+    def splits(self) -> dict[str, int]:
+        return dict(self.manifest.splits)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self._index.labels
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.manifest.class_names
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.manifest.num_classes
+
+    @property
+    def checksums(self) -> np.ndarray:
+        return self._index.checksums
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return [i.decode("utf-8") for i in self._index.ids.tolist()]
+
+    @cached_property
+    def _id_order(self) -> np.ndarray:
+        return np.argsort(self._index.ids, kind="stable")
+
+    def rows(self, ids: Iterable[str]) -> np.ndarray:
+        """Rows of `ids` (O(log n) each); unknown IDs raise one KeyError naming them."""
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"rows() takes a list of IDs, not the single ID {ids!r}: rows([{ids!r}])")
+        ids = list(ids)
+        odd = [i for i in ids if not isinstance(i, str)]
+        if odd:
+            raise TypeError(f"sample IDs are strings; got {odd[0]!r} ({type(odd[0]).__name__})")
+        wanted = [i.encode("utf-8") for i in ids]
+        if not wanted:
+            return np.empty(0, dtype=np.int64)
+        keys = np.array(wanted)
+        sorted_ids = self._index.ids[self._id_order]
+        pos = np.searchsorted(sorted_ids, keys)
+        pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
+        found = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == keys)
+        # NumPy bytes arrays drop trailing NULs, so b"a\x00" would match b"a"; no ID ends in NUL.
+        found &= np.array([not w.endswith(b"\x00") for w in wanted])
+        if not found.all():
+            missing = [wanted[k].decode() for k in np.flatnonzero(~found)[:10]]
+            raise UnknownIDError(f"{self.path}: {int((~found).sum())} unknown sample ID(s): {missing}")
+        return self._id_order[pos_clipped].astype(np.int64)
+
+    def split(self, name: str) -> np.ndarray:
+        """Rows of split `name`, in the order the partition listed its IDs."""
+        names = list(self.manifest.splits)
+        if name not in names:
+            raise UnknownSplitError(f"{self.path}: no split {name!r}; the store has {names}")
+        return np.flatnonzero(self._index.split_codes == names.index(name)).astype(np.int64)
+
+    def split_of(self, rows: np.ndarray) -> list[str]:
+        names = list(self.manifest.splits)
+        return [names[c] for c in self._index.split_codes[rows]]
+
+    def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Samples at `rows`, in that order (repeats allowed), in the stored dtype.
+
+        Rows are grouped by shard and chunk and each chunk is read once; with `out` given the
+        samples are written straight into it (shape `(len(rows), *sample_shape)`, stored dtype).
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        expected = (len(rows), *self.sample_shape)
+        if out is None:
+            out = np.empty(expected, dtype=self.dtype)
+        elif out.shape != expected or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous {self.dtype} array of shape {expected}, "
+                f"got {out.dtype} {out.shape}"
+            )
+        if len(rows) == 0:
+            return out
+        lowest, highest = int(rows.min()), int(rows.max())
+        if lowest < 0 or highest >= len(self):
+            bad = lowest if lowest < 0 else highest
+            raise IndexError(f"{self.path}: row {bad} out of range for {len(self)} samples")
+        first, last = (np.searchsorted(self._shard_starts, [lowest, highest], side="right") - 1).tolist()
+        if first == last and self._reader(first).gather(rows - self._shard_starts[first], out):
+            pass  # one shard of raw chunks: rows copied in the caller's order, nothing sorted
+        elif first == last or not self._large_rows or not self._copy_each_row(rows, out):
+            self._read_sorted(rows, out, first, last)
+        if self.verify:
+            self._check(rows, out)
+        return out
+
+    def _copy_each_row(self, rows: np.ndarray, out: np.ndarray) -> bool:
+        """Large samples spread over shards of raw chunks: one copy per row from its shard's mapping.
+
+        Cheaper than grouping by shard, which costs a reader call per shard (a random batch of
+        64 large samples touches most shards). False, having copied nothing, for other readers.
+        """
+        shards = np.searchsorted(self._shard_starts, rows, side="right") - 1
+        runs = {shard: self._reader(shard).raw_runs() for shard in set(shards.tolist())}
+        if any(r is None for r in runs.values()):
+            return False
+        local_rows = (rows - self._shard_starts[shards]).tolist()
+        for i, (shard, row) in enumerate(zip(shards.tolist(), local_rows)):
+            firsts, views = runs[shard]  # type: ignore[misc]  # None was ruled out above
+            run = bisect.bisect_right(firsts, row) - 1  # HDF5 shards: a run per ~60 chunks
+            out[i] = views[run][row - firsts[run]]
+        return True
+
+    def _read_sorted(self, rows: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
+        """Rows grouped by shard (`first`..`last`), ascending within each, so that readers read
+        each chunk once."""
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        if first == last:
+            self._reader(first).read(sorted_rows - self._shard_starts[first], out, order)
+        else:
+            shards = np.searchsorted(self._shard_starts, sorted_rows, side="right") - 1
+            bounds = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist(), len(rows)]
+            for a, b in itertools.pairwise(bounds):
+                shard = int(shards[a])
+                local = sorted_rows[a:b] - self._shard_starts[shard]
+                self._reader(shard).read(local, out, order[a:b])
+
+    def _check(self, rows: np.ndarray, out: np.ndarray) -> None:
+        expected = self._index.checksums[rows]
+        for i, row in enumerate(rows.tolist()):
+            if checksum(out[i]) != expected[i]:
+                raise ChecksumError(
+                    f"{self.path}: sample {self.ids[row]!r} (row {row}, shard "
+                    f"{self.manifest.shards[int(self.manifest.locate(np.array([row]))[0])].path}) "
+                    f"does not match its checksum; run 'shardfeed verify {self.path}'"
+                )
+
+    def _reader(self, shard: int) -> ShardReader:
+        if self._readers_pid != os.getpid():
+            # Inherited across fork: the parent's handles are not ours to use or close.
+            self._readers = {}
+            self._readers_pid = os.getpid()
+            self._lock = threading.Lock()
+        reader = self._readers.get(shard)
+        if reader is None:
+            with self._lock:
+                reader = self._readers.get(shard)
+                if reader is None:
+                    reader = self._open_reader(shard)
+                    self._readers[shard] = reader
+        return reader
+
+    def _open_reader(self, shard: int) -> ShardReader:
+        info = self.manifest.shards[shard]
+        if self.location is not None:
+            return get_backend(self.backend).open_remote_reader(self.location, self.manifest, info, self.fast)
+        path = self.path / info.path
+        if not path.is_file():
+            raise ShardNotFoundError(f"{path}: shard {shard} is missing")
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(os.path.realpath(self.path)):
+            raise StoreFormatError(f"{path}: shard {shard} links to {target}, outside the store")
+        backend = get_backend(self.backend)
+        return backend.open_reader(self.path, self.manifest, info, self.fast)
+
+    def close(self) -> None:
+        """Close this process's shard readers (they reopen on the next read)."""
+        if self._readers_pid == os.getpid():
+            for reader in self._readers.values():
+                reader.close()
+        self._readers = {}
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(
+    path: str | os.PathLike, *, fast: bool = True, verify: bool = False, storage_options: dict | None = None
+) -> Store:
+    """Open a finalized store (a directory, or for Zarr an fsspec URL such as `s3://bucket/x.zarr`).
+
+    Refuses an unfinished store or one of a newer format version.
+    """
+    return Store(path, fast=fast, verify=verify, storage_options=storage_options)

@@ -1,0 +1,66 @@
+"""The end of a conversion: the index and the manifest that commits it, built from the finished shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..inputs.scan import SourceSet
+from ..storage.backends import Layout
+from ..storage.files import checksum, write_atomic
+from ..storage.format import INDEX_NAME, MANIFEST_NAME
+from ..storage.index import Index
+from ..storage.manifest import Manifest
+from ..version import __version__
+from .faults import fault_point
+from .shardtask import ShardRecord
+
+
+def commit_local(root: Path, sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord]) -> Manifest:
+    """Write the index, then the manifest: from this moment the store exists."""
+    index_bytes, manifest = build_index_and_manifest(sources, layout, format, records)
+    write_atomic(root / INDEX_NAME, index_bytes)
+    fault_point("index-written")
+    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+    fault_point("manifest-written")
+    return manifest
+
+
+def build_index_and_manifest(
+    sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord]
+) -> tuple[bytes, Manifest]:
+    """The index's bytes and the manifest that commits them, from the finished shards."""
+    checksums = np.concatenate([r.checksums for r in records]).astype(np.uint32)
+    split_names = list(sources.splits)
+    code = {name: k for k, name in enumerate(split_names)}
+    labeled = sources.samples[0].label is not None
+    index = Index(
+        ids=np.array([s.id.encode("utf-8") for s in sources.samples]),
+        labels=np.array([s.label for s in sources.samples], dtype=np.int64) if labeled else None,
+        split_codes=np.array([code[s.split] for s in sources.samples], dtype=np.int32),
+        checksums=checksums,
+    )
+    index_bytes = index.to_bytes()
+    manifest = Manifest(
+        backend=format,
+        num_samples=layout.num_samples,
+        sample_shape=layout.sample_shape,
+        dtype=layout.dtype.str,
+        chunk_rows=layout.chunk_rows,
+        shard_rows=layout.shard_rows,
+        compression=layout.compression,
+        splits=dict(sources.splits),
+        shards=tuple(r.info for r in records),
+        index_checksum=checksum(index_bytes),
+        class_names=sources.class_names,
+        num_classes=sources.num_classes,
+        labeled=labeled,
+        source={
+            "dtype": sources.dtype.str,
+            "fortran_order_samples": sum(s.fortran_order for s in sources.samples),
+            "unlisted_files": sources.unlisted_files,
+        },
+        converter={"shardfeed": __version__},
+    )
+    return index_bytes, manifest

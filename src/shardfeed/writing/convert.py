@@ -1,0 +1,101 @@
+"""Conversion driver: scan -> plan -> write shards (in-process or a process pool) -> index -> manifest.
+
+Nothing is written before every input has been validated. While a conversion runs, the store
+holds a work directory (`.convert/`) with the plan and one record per finished shard, and a lock
+file; the manifest, written last, is the commit point. `resume=True` keeps finished shards whose
+samples still match their checksums and redoes the rest. A kill at any moment (see `writing/faults.py`
+for the points the crash tests aim at) leaves either no manifest or a complete store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from ..errors import OptionError
+from ..inputs.labels import read_labels, read_partition
+from ..inputs.scan import SourceSet, scan_sources
+from ..storage.backends import Layout, get_backend
+from ..storage.format import COMPRESSIONS
+from ..storage.manifest import Manifest
+from ..urls import is_url
+from .cluster import run_on_dask
+from .local import convert_local
+from .plan import DEFAULT_SHARD_SIZE, choose_layout, make_tasks, parse_size
+from .pool import ProgressCallback, run_tasks
+from .remote import convert_remote
+from .shardtask import ShardRecord, ShardTask
+
+
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | Mapping[str, int | str] | None = None,
+    partition: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
+    format: str = "zarr",
+    chunk_rows: int | None = None,
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
+    compression: str = "none",
+    workers: int = 1,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[SourceSet, Layout], None] | None = None,
+    client=None,
+    scheduler: str | None = None,
+    storage_options: dict | None = None,
+) -> Manifest:
+    """Pack per-ID `.npy` files under `src` into a store at `out`; returns its manifest.
+
+    `labels` and `partition` are file paths (JSON, or CSV `id,label` for labels) or mappings.
+    Shards are written by `workers` local processes, or as tasks on a Dask cluster: pass a
+    `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
+    `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
+    paths (a shared file system), or `src` is a URL. This process commits the index and manifest.
+    `src`, `labels`, `partition` and, for a Zarr store, `out` may be fsspec URLs
+    (`s3://bucket/data`); `storage_options` go to fsspec for each of them (credentials and
+    endpoint otherwise come from the usual environment variables).
+    `progress(n)` is called with the number of samples written since its last call;
+    `on_start(sources, layout)` once every input is validated, before anything is written.
+    """
+    backend = get_backend(format)
+    _check_options(format, compression, workers, overwrite=overwrite, resume=resume)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_labels(labels, storage_options)
+    if isinstance(partition, (str, os.PathLike)):
+        partition = read_partition(partition, storage_options)
+    sources = scan_sources(src, labels, partition, storage_options)
+    layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
+    if on_start:
+        on_start(sources, layout)
+
+    def run(todo: list[ShardTask]) -> Iterator[ShardRecord]:
+        return _shard_records(todo, workers, progress, client, scheduler)
+
+    if is_url(out):
+        tasks = make_tasks(sources, layout, format, out, storage_options)
+        return convert_remote(out, sources, layout, backend, tasks, storage_options=storage_options,
+                              overwrite=overwrite, resume=resume, run=run)  # fmt: skip
+    tasks = make_tasks(sources, layout, format, Path(out), storage_options)
+    return convert_local(Path(out), sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume)
+
+
+def _check_options(format: str, compression: str, workers: int, *, overwrite: bool, resume: bool) -> None:
+    if compression not in COMPRESSIONS[format]:
+        raise OptionError(
+            f"compression {compression!r} is not available for {format}; "
+            f"choose one of {', '.join(COMPRESSIONS[format])}"
+        )
+    if workers < 1:
+        raise OptionError(f"workers must be >= 1, got {workers}")
+    if overwrite and resume:
+        raise OptionError("--overwrite and --resume exclude each other")
+
+
+def _shard_records(tasks: list[ShardTask], workers: int, progress, client, scheduler):
+    """Run the shard tasks on a Dask cluster when one is given, else locally."""
+    if client is not None or scheduler is not None:
+        return run_on_dask(tasks, progress, client=client, scheduler=scheduler, workers=workers)
+    return run_tasks(tasks, workers, progress)

@@ -1,0 +1,88 @@
+"""Planning a conversion: sizes, the chunk and shard layout, the shard tasks, and the plan a
+resume must match."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OptionError
+from ..inputs.samples import SampleRef
+from ..inputs.scan import SourceSet
+from ..storage.backends import Layout
+from .shardtask import ShardTask
+from .workdir import input_digests
+
+CHUNK_TARGET_BYTES = 256 * 1024
+# A random read decodes a whole compressed chunk for the rows it wants: smaller chunks waste less.
+COMPRESSED_CHUNK_TARGET_BYTES = 64 * 1024
+DEFAULT_SHARD_SIZE = "128MB"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from `256MB`, `1MiB`, `4096`."""
+    if isinstance(text, int):
+        size = text
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+        if not match or match.group(2).upper() not in _UNITS:
+            raise OptionError(f"size {text!r} not understood; use e.g. 256MB, 1GiB or 4096")
+        size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size < 1:
+        raise OptionError(f"size {text!r} must be positive")
+    return size
+
+
+def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int, compression: str) -> Layout:
+    """Chunks of ~256 KiB (64 KiB compressed; a power of two of rows) unless given; shards a whole
+    number of chunks."""
+    n = len(sources.samples)
+    nbytes = sources.sample_nbytes
+    if chunk_rows is None:
+        target = CHUNK_TARGET_BYTES if compression == "none" else COMPRESSED_CHUNK_TARGET_BYTES
+        chunk_rows = 2 ** max(0, math.floor(math.log2(max(1, target // nbytes))))
+    if chunk_rows < 1:
+        raise OptionError(f"chunk rows must be >= 1, got {chunk_rows}")
+    chunk_rows = min(chunk_rows, n)
+    if chunk_rows * nbytes >= 2**32:
+        raise OptionError(f"a chunk of {chunk_rows} samples of {nbytes} bytes exceeds 4 GiB; lower --chunk-rows")
+    shard_rows = max(1, shard_size // (nbytes * chunk_rows)) * chunk_rows
+    shard_rows = min(shard_rows, math.ceil(n / chunk_rows) * chunk_rows)
+    return Layout(n, sources.sample_shape, stored_dtype(sources.dtype), chunk_rows, shard_rows, compression)
+
+
+def stored_dtype(source: np.dtype) -> np.dtype:
+    """Little-endian: what Zarr v3 stores anyway, and what readers on every common CPU want."""
+    return source.newbyteorder("<") if source.byteorder == ">" else source
+
+
+def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
+    """Everything that determines the output: a resume must match it exactly."""
+    inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp] for s in sources.samples]
+    return {
+        "format": format,
+        "num_samples": layout.num_samples,
+        "sample_shape": list(layout.sample_shape),
+        "dtype": layout.dtype.str,
+        "chunk_rows": layout.chunk_rows,
+        "shard_rows": layout.shard_rows,
+        "compression": layout.compression,
+        "class_names": sources.class_names,
+        "input_digests": input_digests(inputs),
+    }
+
+
+def make_tasks(
+    sources: SourceSet, layout: Layout, format: str, root: Path | str, storage_options: dict | None = None
+) -> list[ShardTask]:
+    refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order) for s in sources.samples]
+    return [
+        ShardTask(format, str(root), layout, k, sources.dtype.str,
+                  tuple(refs[first : first + layout.shard_rows]), storage_options)
+        for k, first in enumerate(range(0, layout.num_samples, layout.shard_rows))
+    ]

@@ -1,0 +1,133 @@
+"""Shard tasks on local worker processes: spawned, deaf to Ctrl-C, dead with the driver.
+
+One worker runs the tasks in-process; more run them in a spawn process pool (h5py must not
+inherit a parent's open handles or HDF5 state, RELIABILITY.md). A worker that dies is a
+`WorkerDiedError`; an interrupt terminates the workers at once and `--resume` redoes their shards.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from ..errors import WorkerDiedError
+from .shardtask import ShardRecord, ShardTask, write_shard
+
+ProgressCallback = Callable[[int], None]
+
+
+def run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback | None):
+    """Yield each task's record as it finishes; in-process for one worker, else a process pool."""
+    if workers == 1 or len(tasks) <= 1:
+        counter = _CallbackCounter(progress)
+        for task in tasks:
+            yield write_shard(task, counter)
+        return
+    # spawn: h5py must not inherit a parent's open handles or HDF5 state (RELIABILITY.md).
+    context = multiprocessing.get_context("spawn")
+    with _starting_workers():  # this starts multiprocessing's resource tracker process
+        shared = context.Value("q", 0)
+    with cf.ProcessPoolExecutor(
+        min(workers, len(tasks)), mp_context=context, initializer=_init_worker,
+        initargs=(shared, os.getpid()),
+    ) as pool:  # fmt: skip
+        reported = 0
+        try:
+            with _starting_workers():  # workers start (and stay) deaf to Ctrl-C, even while importing
+                pending = {pool.submit(_write_shard_in_worker, t) for t in tasks}
+            while pending:
+                finished, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+                if progress:
+                    now = shared.value
+                    progress(now - reported)
+                    reported = now
+                for future in finished:
+                    try:
+                        record = future.result()
+                    except cf.process.BrokenProcessPool as exc:
+                        raise WorkerDiedError(
+                            "a conversion worker process died (killed, for example by the OOM "
+                            "killer); finished shards are kept: run the same command with --resume"
+                        ) from exc
+                    yield record
+        except BaseException:
+            # Stop at once: shards in flight are redone by --resume. Futures are not cancelled
+            # first: Python 3.11's pool then fails them again and prints InvalidStateError.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            raise
+
+
+class _CallbackCounter:
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._callback = callback
+
+    def add(self, n: int) -> None:
+        if self._callback:
+            self._callback(n)
+
+
+class _SharedCounter:
+    def __init__(self, value) -> None:
+        self._value = value
+
+    def add(self, n: int) -> None:
+        with self._value.get_lock():
+            self._value.value += n
+
+
+_worker_counter: _SharedCounter | None = None
+
+
+@contextlib.contextmanager
+def _starting_workers():
+    """Signals while worker processes are being created.
+
+    SIGINT is ignored: workers inherit that, and Python keeps an inherited SIG_IGN. Ctrl-C
+    reaches the whole process group; the driver alone stops the run (terminating its workers),
+    without a traceback from every worker. SIGTERM is held and delivered when the workers are
+    up: raised in the middle of starting one, it left a child reading half its start-up data
+    (printing EOFError) or a pool that could not shut down ("cannot join thread before it is
+    started").
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous_int is None else previous_int)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_term is None else previous_term)
+        if held:
+            os.kill(os.getpid(), signal.SIGTERM)  # the usual handler runs now, at a safe point
+
+
+def _init_worker(shared, driver_pid: int) -> None:
+    global _worker_counter
+    _worker_counter = _SharedCounter(shared)
+    _die_with_driver(driver_pid)
+
+
+def _die_with_driver(driver_pid: int) -> None:
+    """Linux: SIGKILL this worker when the driver dies (kill -9), so no orphan keeps writing
+    shards into a store that a `--resume` may already be rewriting."""
+    try:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers end when their task queue closes
+        return
+    if os.getppid() != driver_pid:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _write_shard_in_worker(task: ShardTask) -> ShardRecord:
+    return write_shard(task, _worker_counter)
