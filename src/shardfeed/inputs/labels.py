@@ -7,10 +7,8 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 
-import fsspec
-
 from ..errors import InputError
-from ..urls import is_url, local_root
+from ..urls import is_url, local_root, url_fs
 
 MAX_LABEL = 2**31 - 1  # labels become one-hot vectors of max(label) + 1 entries
 
@@ -83,8 +81,8 @@ def encode_labels(
 def _read_text(path: str | os.PathLike, what: str, storage_options: dict | None) -> str:
     try:
         if is_url(path):
-            with fsspec.open(str(path), "rb", **(storage_options or {})) as f:
-                data = f.read()
+            fs, fs_path = url_fs(str(path), storage_options)
+            data = fs.cat_file(fs_path)
         else:
             data = local_root(path).read_bytes()
         return data.decode("utf-8")

@@ -12,10 +12,8 @@ import io
 import posixpath
 from collections.abc import Iterator, Sequence
 
-import fsspec.core
-
 from ..errors import InputError
-from ..urls import RemoteLocation
+from ..urls import RemoteLocation, url_fs
 from .finder import Found
 from .npy import MAX_HEADER_BYTES, npy_header_end, parse_npy_header
 
@@ -100,7 +98,7 @@ def fetch_samples(refs: Sequence, nbytes: int, storage_options: dict | None) -> 
     One byte past the end is asked for: an object that grew since it was checked is refused,
     as is one that shrank.
     """
-    fs, _ = fsspec.core.url_to_fs(refs[0].path, **(storage_options or {}))
+    fs, _ = url_fs(refs[0].path, storage_options)
     paths = [fs._strip_protocol(r.path) for r in refs]
     starts = [r.data_offset for r in refs]
     data = fs.cat_ranges(paths, starts, [s + nbytes + 1 for s in starts], on_error="return")
