@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,8 +125,6 @@ def test_bench_fit_rows_compare_with_arrays_in_memory(small_store, capsys):
 
 @pytest.mark.slow
 def test_full_suite_quick_writes_report_and_plot(tmp_path):
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
     out = tmp_path / "report" / "benchmarks.md"
     args = ["--quick", "--profile", "large", "--no-cold", "--workdir", str(tmp_path / "w"),
@@ -136,3 +135,41 @@ def test_full_suite_quick_writes_report_and_plot(tmp_path):
     assert "## Goals" in text and "| large: HDF5 (global) >= 5x tutorial |" in text
     assert text.count("PASS") + text.count("MISS") >= 9
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_full_benchmark_tiniest_profile_writes_markdown(tmp_path):
+    """The package's entry point end to end on 300 tiny samples (~40 s, most of it `model.fit`)."""
+    import re
+
+    pytest.importorskip("keras")
+    pytest.importorskip("matplotlib")
+    from shardfeed.bench.report import main as bench_main
+
+    out = tmp_path / "report" / "benchmarks.md"
+    args = ["--quick", "--profile", "small", "--small-samples", "300", "--seconds", "0.1", "--no-cold",
+            "--workdir", str(tmp_path / "w"), "--out", str(out)]  # fmt: skip
+    said: list[str] = []
+    assert bench_main(args, say=said.append) == 0
+    text = out.read_text()
+    lines = text.splitlines()
+    results_header = "| " + " | ".join(COLUMNS) + " |"
+    for title in ("Conversion", "Readers, in-process, warm page cache", "Through model.fit (Flatten+Dense)"):
+        at = lines.index(f"### {title}")
+        assert lines[at + 2] == results_header, title
+    assert "### Readers, cold page cache" not in text and "- cold-cache figures skipped (--no-cold)" in lines
+    memory = lines.index("### Generator memory")
+    assert lines[memory + 2].startswith("| samples | batch | private before | private peak | growth |")
+    goals = lines.index("| goal | measured | result |")
+    verdicts = [line for line in lines[goals + 2 :] if line.startswith("| small: ")]
+    assert len(verdicts) == 9 and all(re.search(r"\| (PASS|MISS)( \(noisy run\))? \|$", v) for v in verdicts)
+    assert "| small: HDF5 (global) >= 50x tutorial |" in text
+    cpu = [line for line in lines if line.startswith("- cpu: ")]
+    assert len(cpu) == 1 and re.fullmatch(r"- cpu: .+, \d+ logical CPUs", cpu[0])
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    if model:
+        assert cpu[0].startswith(f"- cpu: {model},")
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert json.loads((tmp_path / "w" / "results.json").read_text())["goals"][0]["verdict"] in ("PASS", "MISS")
+    printed = "\n".join(said).splitlines()  # progress and the text tables go to `say`, not stdout
+    assert any(line.startswith("section  ") for line in printed) and said[-1].startswith(f"\nwrote {out}")

@@ -8,7 +8,9 @@ figure; later epochs still include Keras rebuilding its worker pool, as users se
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 from ..feed.batches import BatchSource
 from ..feed.keras import DataGenerator
 from ..storage.store import Store
-from .harness import CpuMonitor, Result, _result, set_ratios
+from .harness import CpuMonitor, Result, result_from_rates, set_ratios
 
 FIT_CONFIGS = {
     "in-process": {"workers": 1, "use_multiprocessing": False},
@@ -83,7 +85,7 @@ def measure_fit(
         model.fit(data, epochs=epochs, verbose=0, callbacks=[timer])
     steady = timer.times[1:] or timer.times
     rates = [samples_per_epoch / t for t in steady]
-    return _result(section, name, rates, sample_nbytes, timer.cpu, samples_per_epoch * len(steady))
+    return result_from_rates(section, name, rates, sample_nbytes, timer.cpu, samples_per_epoch * len(steady))
 
 
 def in_memory_arrays(
@@ -102,37 +104,40 @@ def fit_rows(source: BatchSource, max_samples: int) -> np.ndarray:
     return source.rows[: max(n, source.batch_size)]
 
 
+def measure_fits(
+    feeds: Sequence[tuple[str, Callable[[], object]]],
+    *,
+    on_result: Callable[[Result], None] | None = None,
+    **common,
+) -> list[Result]:
+    """`measure_fit(name, make(), **common)` for each `(name, make)`: one feed in memory at a time."""
+    results = []
+    for name, make in feeds:
+        results.append(measure_fit(name, make(), **common))
+        if on_result is not None:
+            on_result(results[-1])
+    return results
+
+
+def store_generator(store: str | os.PathLike | Store, ids: Sequence[str], batch_size: int, **kwargs) -> DataGenerator:
+    """`DataGenerator` over `ids` as the benchmark times it: seed 0, whole batches only."""
+    return DataGenerator(store, ids=ids, batch_size=batch_size, seed=0, drop_remainder=True, **kwargs)
+
+
 def fit_in_memory_vs_store(
     store: Store, source: BatchSource, max_samples: int, epochs: int = 3
 ) -> list[Result]:
     """`fit` on the samples held in memory, then from the store in-process (`bench --fit`)."""
     rows = fit_rows(source, max_samples)
-    nbytes, n = store.manifest.sample_nbytes, len(rows)
-    x, y = in_memory_arrays(store, rows, source.dtype)
-    memory = measure_fit(
-        "fit: numpy arrays in memory",
-        (x, y),
-        samples_per_epoch=n,
-        sample_nbytes=nbytes,
-        epochs=epochs,
-        batch_size=source.batch_size,
-    )
-    del x, y
     ids = [store.ids[r] for r in rows.tolist()]
-    gen = DataGenerator(
-        store,
-        ids=ids,
+    feeds = [
+        ("fit: numpy arrays in memory", lambda: in_memory_arrays(store, rows, source.dtype)),
+        (f"fit: DataGenerator {store.backend}, in-process",
+         lambda: store_generator(store, ids, source.batch_size, shuffle_mode=source.shuffle_mode)),
+    ]  # fmt: skip
+    results = measure_fits(
+        feeds, samples_per_epoch=len(rows), sample_nbytes=store.manifest.sample_nbytes, epochs=epochs,
         batch_size=source.batch_size,
-        shuffle_mode=source.shuffle_mode,
-        seed=0,
-        drop_remainder=True,
-    )
-    ours = measure_fit(
-        f"fit: DataGenerator {store.backend}, in-process",
-        gen,
-        samples_per_epoch=n,
-        sample_nbytes=nbytes,
-        epochs=epochs,
-    )
-    set_ratios([memory, ours], None, memory)
-    return [memory, ours]
+    )  # fmt: skip
+    set_ratios(results, None, results[0])
+    return results

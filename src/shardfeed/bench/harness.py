@@ -27,6 +27,7 @@ from ..storage.store import Store
 NOISY_OTHER_CPU = 0.10  # other processes' share of all CPUs above which a figure is flagged
 LIMIT_NAME = "mmap limit"
 TUTORIAL_NAME = "tutorial generator"
+MiB = 1 << 20
 
 
 @dataclass
@@ -204,7 +205,7 @@ def write_limit_npy(store: Store, rows: np.ndarray, path: str | os.PathLike) -> 
     out = np.lib.format.open_memmap(
         path, mode="w+", dtype=store.dtype, shape=(len(rows), *store.sample_shape)
     )
-    step = max(1, (64 << 20) // max(1, store.manifest.sample_nbytes))
+    step = max(1, (64 * MiB) // max(1, store.manifest.sample_nbytes))
     for start in range(0, len(rows), step):
         store.read(rows[start : start + step], out=out[start : start + step])
     out.flush()
@@ -259,10 +260,11 @@ def measure(
             samples, elapsed = cursor.run_for(round_s)
             rates.append(samples / elapsed)
             total_samples += samples
-    return _result(section, name, rates, sample_nbytes, cpu, total_samples)
+    return result_from_rates(section, name, rates, sample_nbytes, cpu, total_samples)
 
 
-def _result(section, name, rates, sample_nbytes, cpu: CpuMonitor, samples: int, note="") -> Result:
+def result_from_rates(section, name, rates, sample_nbytes, cpu: CpuMonitor, samples: int, note="") -> Result:
+    """A `Result` of the median of `rates` (samples/s), with the CPU `cpu` saw over `samples`."""
     rate = statistics.median(rates)
     cpu_us = cpu.own_s / samples * 1e6 if cpu.own_s is not None and samples else None
     return Result(
@@ -303,7 +305,31 @@ def measure_cold(
             samples, elapsed = _Cursor(reader).run_for(seconds, stop_at_epoch_end=True)
     finally:
         reader.close()
-    return _result(section, name, [samples / elapsed], sample_nbytes, cpu, samples)
+    return result_from_rates(section, name, [samples / elapsed], sample_nbytes, cpu, samples)
+
+
+def measure_readers(
+    readers: Sequence[tuple[str, Callable[[], object]]], sample_nbytes: int, *, seconds: float, cold: bool = False,
+    section: str | None = None, on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:  # fmt: skip
+    """Each `(name, make_reader)` in turn: made, measured warm (`measure`) or cold, then closed.
+
+    Only one reader is open at a time, as `measure_cold` needs. `on_result` sees each figure as
+    it is taken (progress lines).
+    """
+    where = {} if section is None else {"section": section}
+    results = []
+    for name, make in readers:
+        if cold:
+            result = measure_cold(name, make, sample_nbytes, seconds=seconds, **where)
+        else:
+            reader = make()
+            result = measure(name, reader, sample_nbytes, seconds=seconds, **where)
+            reader.close()
+        if on_result is not None:
+            on_result(result)
+        results.append(result)
+    return results
 
 
 def set_ratios(results: Sequence[Result], tutorial: Result | None, limit: Result | None) -> None:

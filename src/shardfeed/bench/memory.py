@@ -9,7 +9,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..feed.keras import DataGenerator
 from ..storage.store import open_store
 
 
@@ -47,6 +46,8 @@ def _memory_status() -> dict[str, int]:
 
 
 def _memory_child(store: str, num_samples: int, batch_size: int, shuffle: str, figures: str) -> None:
+    from ..feed.keras import DataGenerator  # imports Keras: in the child only
+
     ids = open_store(store).ids[:num_samples]
     gen = DataGenerator(store, ids=ids, batch_size=batch_size, shuffle_mode=shuffle, seed=0)
     gen[0]  # opens shard handles; a steady state to measure growth from

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..feed.batches import BatchSource
 from ..storage.store import open_store
-from .harness import LIMIT_NAME, MmapLimit, Result, StoreReader, measure, set_ratios, write_limit_npy
+from .harness import LIMIT_NAME, MmapLimit, Result, StoreReader, measure_readers, set_ratios, write_limit_npy
 
 
 def bench_store(
@@ -37,17 +37,15 @@ def bench_store(
     with tempfile.TemporaryDirectory(dir=tmpdir, prefix="shardfeed-bench-") as tmp:
         npy = Path(tmp) / "limit.npy"
         positions = write_limit_npy(store, source.rows, npy)
-        limit_reader = MmapLimit(npy, source, positions)
-        limit = measure(f"{LIMIT_NAME} ({shuffle})", limit_reader, nbytes, seconds=seconds)
-        limit_reader.close()
-        ours = measure(f"{label} ({shuffle})", StoreReader(source), nbytes, seconds=seconds)
-        results = [limit, ours]
-        set_ratios(results, None, limit)
+        readers = [
+            (f"{LIMIT_NAME} ({shuffle})", lambda: MmapLimit(npy, source, positions)),
+            (f"{label} ({shuffle})", lambda: StoreReader(source)),  # its close() shuts shard readers; --fit reopens
+        ]
+        results = measure_readers(readers, nbytes, seconds=seconds)
+        set_ratios(results, None, results[0])
     if fit:
         from .fit import fit_in_memory_vs_store  # imports Keras: only for --fit
 
         results += fit_in_memory_vs_store(store, source, fit_samples)
     store.close()
     return results
-
-
