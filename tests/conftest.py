@@ -95,3 +95,19 @@ def demo_store(tmp_path_factory) -> Path:
     out = root / "demo.zarr"
     shardfeed.convert(data, out, labels=labels, partition=partition, format="zarr", shard_size="1MB")
     return out
+
+
+@pytest.fixture(scope="session")
+def row_store(tmp_path_factory) -> Path:
+    """A store where every sample is filled with its own row number: batches name their rows."""
+    root = tmp_path_factory.mktemp("rows")
+    src = root / "data"
+    src.mkdir()
+    ids = [f"s{k:03d}" for k in range(46)]
+    for k, sample_id in enumerate(ids):
+        np.save(src / f"{sample_id}.npy", np.full((2, 3), k, dtype=np.float32))
+    labels = {sample_id: k % 3 for k, sample_id in enumerate(ids)}
+    partition = {"train": ids[:38], "validation": ids[38:]}
+    out = root / "rows.zarr"
+    shardfeed.convert(src, out, labels=labels, partition=partition, chunk_rows=4, shard_size=4 * 24 * 3)
+    return out

@@ -62,3 +62,7 @@ class WorkerDiedError(ShardfeedError, RuntimeError):
 
 class DiskFullError(ShardfeedError, OSError):
     """The output's file system is full, or a file-size limit was reached."""
+
+
+class TransformError(ShardfeedError, RuntimeError):
+    """A `transform` failed or returned the wrong shape; the message names the sample and the epoch."""

@@ -1,11 +1,10 @@
-"""Probe: fit with 2 worker processes, SIGKILL one worker mid-epoch, report what fit did.
+"""Probe: fit with 2 shardfeed worker processes, SIGKILL one mid-epoch, report what fit did.
 
     python kill_worker.py STORE START_METHOD [BATCH]
 Prints one JSON line: {"error": <type name or null>, "message": ..., "seconds_after_kill": ...}.
 """
 
 import json
-import multiprocessing
 import os
 import signal
 import sys
@@ -18,20 +17,17 @@ import keras
 import shardfeed
 
 
-class SlowGenerator(shardfeed.DataGenerator):
+def slow_identity(x, rng):
     """Module level, so spawned workers can unpickle it."""
-
-    def __getitem__(self, index):
-        time.sleep(0.05)
-        return super().__getitem__(index)
+    time.sleep(0.01)
+    return x
 
 
 def main():
     store, method = sys.argv[1:3]
     kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-    multiprocessing.set_start_method(method, force=True)
-    gen = SlowGenerator(store, split="train", batch_size=2, seed=1, labels="sparse",
-                        workers=2, use_multiprocessing=True)
+    gen = shardfeed.DataGenerator(store, split="train", batch_size=2, seed=1, labels="sparse", transform=slow_identity,
+                                  workers=2, use_multiprocessing=True, start_method=method)
     model = keras.Sequential([keras.Input(gen.store.sample_shape), keras.layers.Flatten(),
                               keras.layers.Dense(gen.store.num_classes)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -40,9 +36,7 @@ def main():
     class KillOneWorker(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if batch == kill_at and not killed_at:
-                worker = multiprocessing.active_children()
-                keras_workers = [p for p in worker if "Keras_worker" in p.name or "PoolWorker" in p.name]
-                os.kill(keras_workers[0].pid, signal.SIGKILL)
+                os.kill(gen.read_ahead.worker_pids[0], signal.SIGKILL)
                 killed_at.append(time.monotonic())
 
     result = {"error": None, "message": None}

@@ -1,8 +1,8 @@
 """Batches of an epoch as a pure function of (epoch, batch index): no Keras, no TensorFlow.
 
-`BatchSource` is what `DataGenerator` (Keras) and `as_tf_dataset` (tf.data) share. Because a
-batch depends only on its (epoch, index), it is the same whether it is made in-process, by a
-thread or by a worker process, and a run can resume at any batch.
+`BatchSource` is what `DataGenerator` (Keras), its worker processes and `as_tf_dataset` (tf.data)
+share. Because a batch depends only on its (epoch, index), it is the same whether it is made
+in-process, by a thread or by a worker process, and a run can resume at any batch.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import OptionError
+from ..errors import OptionError, TransformError
 from ..storage.store import Store, open_store
 from .buffers import BufferPool
 from .sampling import MODES, epoch_order, host_share_from_env, num_batches
+from .transforms import Transform, apply, output_shape, sample_rng
 
 LABEL_MODES = ("onehot", "sparse", None)
 
@@ -38,6 +39,10 @@ class BatchSource:
         drop_remainder: drop the last short batch (the tutorial's floor behaviour).
         rank, world_size: this host's disjoint share of every epoch; by default from the
             environment (`RANK`/`WORLD_SIZE`, or `TF_CONFIG`), else 0 and 1.
+        transform: `fn(x, rng) -> array`, called once per sample on the stored sample (in the
+            stored dtype; it may modify it) with a generator seeded from (seed, epoch, row); see
+            `transforms`. Its output may have another shape than the sample, but one shape for
+            all samples (found by calling it once on the first sample); it is cast to `dtype`.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class BatchSource:
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: dict | None = None,
+        transform: Transform | None = None,
     ) -> None:
         if rank is None or world_size is None:
             env_rank, env_world = host_share_from_env()
@@ -90,6 +96,12 @@ class BatchSource:
         self._orders: dict[int, np.ndarray] = {}
         self._orders_lock = threading.Lock()
         self._buffers = BufferPool()
+        self.transform = transform
+        self.sample_shape = self.store.sample_shape
+        if transform is not None:
+            first = self.rows[0]
+            sample = self.store.read(self.rows[:1])[0]
+            self.sample_shape = output_shape(transform, sample, self.seed, int(first), self._where(first, 0))
 
     def _select(self, split: str | None, ids: Sequence[str] | None) -> np.ndarray:
         if ids is not None:
@@ -137,20 +149,55 @@ class BatchSource:
             raise IndexError(f"batch {index} out of range [0, {self.num_batches})")
         return self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
 
+    def specs(self) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """(shape, dtype) of each array of a full batch: `x`, then `y` when there are labels."""
+        specs = [((self.batch_size, *self.sample_shape), self.dtype)]
+        if self.labels == "onehot":
+            specs.append(((self.batch_size, self.store.num_classes), np.dtype(np.float32)))
+        elif self.labels == "sparse":
+            specs.append(((self.batch_size,), np.dtype(np.int64)))
+        return specs
+
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
-        """`(x,)` or `(x, y)` for batch `index` of `epoch`."""
+        """`(x,)` or `(x, y)` for batch `index` of `epoch`, in reused buffers (see `buffers`)."""
+        rows = len(self.batch_rows(epoch, index))
+        arrays = tuple(self._buffers.take((rows, *shape[1:]), dtype) for shape, dtype in self.specs())
+        self.fill(epoch, index, arrays)
+        return arrays
+
+    def fill(self, epoch: int, index: int, out: tuple[np.ndarray, ...]) -> int:
+        """Write batch `index` of `epoch` into the first rows of `out` (arrays shaped as `specs`,
+        or exactly as long as the batch); returns its number of rows (the last batch may be short)."""
         rows = self.batch_rows(epoch, index)
-        shape = (len(rows), *self.store.sample_shape)
-        x = self._buffers.take(shape, self.dtype)
-        if self.dtype == self.store.dtype:
+        x = out[0][: len(rows)]
+        if self.transform is not None:
+            self._transformed(epoch, rows, x)
+        elif self.dtype == self.store.dtype:
             self.store.read(rows, out=x)
         else:
-            np.copyto(x, self.store.read(rows, out=self._buffers.take(shape, self.store.dtype)), casting="unsafe")
-        if self.labels is None:
-            return (x,)
-        y = self.store.labels[rows]
-        if self.labels == "onehot":
-            onehot = np.zeros((len(rows), self.store.num_classes), dtype=np.float32)
-            onehot[np.arange(len(rows)), y] = 1.0
-            return x, onehot
-        return x, y
+            stored = self._buffers.take(x.shape, self.store.dtype)
+            np.copyto(x, self.store.read(rows, out=stored), casting="unsafe")
+        if self.labels is not None:
+            y, labels = out[1][: len(rows)], self.store.labels[rows]
+            if self.labels == "onehot":
+                y[...] = 0.0
+                y[np.arange(len(rows)), labels] = 1.0
+            else:
+                y[...] = labels
+        return len(rows)
+
+    def _transformed(self, epoch: int, rows: np.ndarray, x: np.ndarray) -> None:
+        """Read the stored samples, then transform each one into its row of `x` (cast to `dtype`)."""
+        stored = self.store.read(rows, out=self._buffers.take((len(rows), *self.store.sample_shape), self.store.dtype))
+        for i, row in enumerate(rows):
+            where = self._where(row, epoch)
+            out = apply(self.transform, stored[i], sample_rng(self.seed, epoch, int(row)), where)
+            if out.shape != self.sample_shape:
+                raise TransformError(
+                    f"transform returned shape {out.shape} for {where}, expected {self.sample_shape} "
+                    f"(what it returned for the first sample); one shape for all samples"
+                )
+            np.copyto(x[i], out, casting="unsafe")
+
+    def _where(self, row: int, epoch: int) -> str:
+        return f"sample {self.store.ids[int(row)]!r} (row {int(row)}, epoch {epoch})"

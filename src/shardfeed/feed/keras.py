@@ -1,23 +1,17 @@
-"""`DataGenerator`: a Keras 3 `PyDataset` over a store. The only module that imports Keras.
+"""`DataGenerator`: a Keras 3 `PyDataset` over a store, with its own reading ahead.
 
-Keras 3 moved `workers`, `use_multiprocessing` and `max_queue_size` from `fit()` onto the
-PyDataset, rebuilds its worker pool every epoch, and hands each worker a copy of the dataset
-(inherited under fork, pickled under spawn/forkserver). Our state is small and picklable (a
-`Store` drops its file handles), and a batch is a pure function of (epoch, index), so every
-worker produces the same batches as the main process.
-
-Keras waits for a worker's result with no timeout: a worker killed by the OOM killer hangs
-`fit` forever (RELIABILITY.md). Importing this module makes Keras build its PyDataset process
-pools as `WatchedPool`, which fails the waiting results with `WorkerDiedError` instead.
+Keras sees an in-process dataset (`workers=1`, no multiprocessing) and calls `__getitem__` from
+its trainer; the generator reads ahead itself, in threads or in worker processes that write whole
+batches into shared memory (`readahead`, `workers`, `ring`), so Keras' own pool, which rebuilds
+itself every epoch and pickles every batch through a pipe, is never used. `schedule.EpochCursor`
+maps each backend's calls to the generator's epochs and batches, so every Keras epoch trains on
+exactly one generator epoch, on TensorFlow, JAX and PyTorch alike.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import multiprocessing.pool
 import os
-import threading
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -25,12 +19,14 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras.src.trainers.data_adapters import py_dataset_adapter
 
-from ..errors import WorkerDiedError
+from ..errors import OptionError
 from ..storage.files import write_atomic
 from ..storage.store import Store
 from .batches import BatchSource
+from .readahead import ReadAhead
+from .schedule import EpochCursor
+from .transforms import Transform, check_sendable
 
 
 class DataGenerator(keras.utils.PyDataset):
@@ -38,13 +34,20 @@ class DataGenerator(keras.utils.PyDataset):
 
     Args:
         store, split, ids, batch_size, shuffle, seed, shuffle_mode, labels, dtype,
-            drop_remainder, rank, world_size: see `shardfeed.feed.batches.BatchSource`.
-        workers, use_multiprocessing, max_queue_size: Keras' PyDataset options. With
-            `use_multiprocessing=True`, pass `shuffle=False` to `fit` if the batch order must
-            be reproducible: `fit(shuffle=True)` (its default) permutes batch indices itself.
+            drop_remainder, rank, world_size, transform: see `shardfeed.feed.batches.BatchSource`.
+        workers: threads or processes that make batches ahead of the trainer. Default: 1 (batches
+            are made in the trainer when asked for); with a `transform`, one per available core.
+        use_multiprocessing: make batches in worker processes (spawned once, on the first batch,
+            and reused until `close()` or garbage collection) that write into shared memory.
+            Default: False; with a `transform` and several workers, True.
+        max_queue_size: batches made ahead.
+        start_method: "spawn" (default) or "forkserver", for worker processes.
 
-    Batch `i` of epoch `e` is always the same. `fit` moves through epochs by calling
-    `on_epoch_begin`/`on_epoch_end`; a hand-written loop calls both around each epoch.
+    Inside `fit`, batches come in the generator's order: the k-th batch Keras asks for in an
+    epoch is batch k of that epoch, whatever index it asks for (`fit(shuffle=True)` permutes
+    indices; the generator's own shuffle already permutes samples), so runs are reproducible with
+    either setting and workers read ahead exactly. `gen[i]` outside `fit` is batch i of the
+    current epoch. A hand-written loop calls `on_epoch_begin()`/`on_epoch_end()` around each epoch.
     """
 
     def __init__(
@@ -61,19 +64,32 @@ class DataGenerator(keras.utils.PyDataset):
         drop_remainder: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
-        workers: int = 1,
-        use_multiprocessing: bool = False,
+        transform: Transform | None = None,
+        workers: int | None = None,
+        use_multiprocessing: bool | None = None,
         max_queue_size: int = 10,
+        start_method: str = "spawn",
     ) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        workers, use_multiprocessing = _worker_defaults(transform, workers, use_multiprocessing)
+        if type(max_queue_size) is not int or max_queue_size < 1:
+            raise OptionError(f"max_queue_size must be an integer >= 1, got {max_queue_size!r}")
+        if start_method not in ("spawn", "forkserver"):
+            raise OptionError(f"start_method {start_method!r} unknown; expected 'spawn' or 'forkserver'")
+        if use_multiprocessing and transform is not None:
+            check_sendable(transform)
+        # Keras must not start its own pool: the reading ahead is ours.
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.source = BatchSource(
             store, split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
             shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
-            rank=rank, world_size=world_size,
+            rank=rank, world_size=world_size, transform=transform,
         )  # fmt: skip
-        self.epoch = 0
-        self.start_batch = 0  # > 0 only in an epoch resumed mid-way
-        self._in_epoch = False
+        self.cursor = EpochCursor(self.source.num_batches)
+        self.read_ahead: ReadAhead | None = None
+        if workers > 1 or use_multiprocessing:
+            self.read_ahead = ReadAhead(self.source, self.cursor.following, workers, use_multiprocessing,
+                                        max_queue_size, start_method)  # fmt: skip
+            self._closer = weakref.finalize(self, self.read_ahead.close)
 
     @property
     def store(self) -> Store:
@@ -83,25 +99,41 @@ class DataGenerator(keras.utils.PyDataset):
     def seed(self) -> int:
         return self.source.seed
 
+    @property
+    def epoch(self) -> int:
+        """The generator's current epoch (the next `fit` epoch trains on it)."""
+        return self.cursor.epoch
+
+    @property
+    def start_batch(self) -> int:
+        """The first batch of the current epoch: > 0 only in an epoch resumed part way."""
+        return self.cursor.start
+
     def __len__(self) -> int:
-        return self.source.num_batches - self.start_batch
+        return self.cursor.remaining
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range [0, {len(self)})")
-        return self.source.batch(self.epoch, self.start_batch + index)
+        epoch, batch, in_order = self.cursor.locate(index)
+        if in_order and self.read_ahead is not None:
+            return self.read_ahead.get((epoch, batch))
+        return self.source.batch(epoch, batch)
 
     def on_epoch_begin(self) -> None:
-        self._in_epoch = True
+        self.cursor.begin()
 
     def on_epoch_end(self) -> None:
-        # Keras also calls this once when `fit` starts, before any epoch: only an epoch that
-        # began moves us on, so generator epochs match Keras' epoch numbers.
-        if not self._in_epoch:
-            return
-        self._in_epoch = False
-        self.epoch += 1
-        self.start_batch = 0
+        self.cursor.end()
+
+    def close(self) -> None:
+        """Stop the worker threads or processes now (garbage collection and exit do it too)."""
+        if self.read_ahead is not None:
+            self._closer()
+
+    def __enter__(self) -> DataGenerator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def get_state(self, next_batch: int = 0) -> dict:
         """Position to resume from: `next_batch` of the current epoch comes next."""
@@ -109,10 +141,22 @@ class DataGenerator(keras.utils.PyDataset):
 
     def set_state(self, state: dict) -> None:
         if state["seed"] != self.seed:
-            raise ValueError(f"saved state has seed {state['seed']}, this generator {self.seed}")
-        self.epoch, self.start_batch = int(state["epoch"]), int(state["next_batch"])
-        if self.start_batch >= self.source.num_batches:
-            self.epoch, self.start_batch = self.epoch + 1, 0
+            raise OptionError(
+                f"saved state has seed {state['seed']}, this generator {self.seed}; "
+                f"create the generator with seed={state['seed']} to resume"
+            )
+        self.cursor.move_to(int(state["epoch"]), int(state["next_batch"]))
+
+
+def _worker_defaults(transform: Transform | None, workers: int | None, processes: bool | None) -> tuple[int, bool]:
+    """Without a transform, batches are cheap: made in the trainer. With one, a process per core."""
+    if workers is None:
+        workers = 1 if transform is None else len(os.sched_getaffinity(0))
+    if type(workers) is not int or workers < 1:
+        raise OptionError(f"workers must be an integer >= 1, got {workers!r}")
+    if processes is None:
+        processes = transform is not None and workers > 1
+    return workers, bool(processes)
 
 
 class ResumeCallback(keras.callbacks.BackupAndRestore):
@@ -165,50 +209,3 @@ class ResumeCallback(keras.callbacks.BackupAndRestore):
             "next_batch": self._first_batch + self._batches_done,
         }
         write_atomic(self._state_path, json.dumps(state).encode())
-
-
-class WatchedPool(multiprocessing.pool.Pool):
-    """The process pool Keras gets for PyDatasets: fails pending results when a worker dies.
-
-    `multiprocessing.Pool` replaces a dead worker but never completes the task it was running,
-    and Keras waits for that result without a timeout. A Keras pool has no task limit per
-    worker, so any worker started after the pool is populated (running or closed, not yet
-    terminated) replaces one that died: at
-    that moment (within 0.1 s of the death) we fail every pending result with
-    `WorkerDiedError`, which Keras re-raises from `fit`, and terminate the pool.
-    """
-
-    def __init__(self, processes=None, *args, **kwargs) -> None:
-        self._populated = False
-        pool_ref = weakref.ref(self)
-
-        def start_worker(ctx, *process_args, **process_kwargs):
-            pool = pool_ref()
-            # Keras closes the pool once every task is queued; a closed pool still replaces a dead
-            # worker while results are pending, and workers only exit normally after that.
-            if pool is not None and pool._populated and pool._state != "TERMINATE":
-                pool._fail_pending()
-            return ctx.Process(*process_args, **process_kwargs)
-
-        self.Process = start_worker  # used for the first workers and for every replacement
-        super().__init__(processes, *args, **kwargs)
-        self._populated = True
-
-    def _fail_pending(self) -> None:
-        error = WorkerDiedError(
-            "a DataGenerator worker process died (killed by the OOM killer or a signal?); its "
-            "batch is lost. Lower workers or max_queue_size, or use threads (use_multiprocessing=False)"
-        )
-        for job in list(self._cache.values()):
-            job._set(0, (False, error))
-        # terminate() joins the thread we are called from: let another thread do it.
-        threading.Thread(target=self.terminate, name="shardfeed-pool-terminate", daemon=True).start()
-
-
-def _keras_pool_class(use_multiprocessing: bool):
-    pool_class = _keras_get_pool_class(use_multiprocessing)
-    return WatchedPool if pool_class is multiprocessing.Pool else pool_class
-
-
-_keras_get_pool_class = py_dataset_adapter.get_pool_class
-py_dataset_adapter.get_pool_class = _keras_pool_class

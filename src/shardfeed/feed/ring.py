@@ -1,0 +1,200 @@
+"""A fixed ring of batch slots in shared memory: workers build batches there, the trainer reads them in place.
+
+The memory is an anonymous `memfd` (Linux). It has no name, so nothing is left behind when the
+processes end, even by SIGKILL, and Docker's 64 MiB `/dev/shm` does not limit it (no file is
+created there at all). The pages are reserved at creation (`posix_fallocate`): a lack of memory
+is a one-line `OptionError` then, naming the bytes needed, not a SIGBUS in the middle of an epoch.
+
+Workers get the memory as a file descriptor that travels with the pickled ring while a process
+starts: `multiprocessing.reduction.DupFd` hands it to the spawn launcher (`pass_fds`) or sends it
+over the forkserver's socket. Nothing attaches by name, so nothing has to wait to unlink one.
+
+A slot is reused only when nothing in the trainer refers to it. Each array that `arrays()` returns
+is a fresh view whose `.base` is the slot's owner, a uint8 array over the slot's bytes; numpy
+collapses view chains to the first array that does not own its data, so every view, slice,
+reshape or `np.asarray` of a batch has the owner as its `.base`, and a `memoryview` or a
+foreign tensor that shares the memory holds one of those arrays. The owner's reference count is
+thus the ring's own references plus one per live array of the slot (CPython: the ring's list and
+`getrefcount`'s argument make 2 on 3.11; the ring measures that number at creation so that an
+interpreter that counts differently still works). Raw addresses (`arr.ctypes.data`) are not
+counted: whoever keeps one must keep the array too.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import sys
+import weakref
+from collections.abc import Sequence
+from multiprocessing import reduction
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from ..errors import OptionError
+
+ALIGNMENT = 64  # TensorFlow shares, rather than copies, numpy memory aligned to this
+# Arrays that start at the same address modulo 4 KiB compete for the same cache sets and stall
+# store-to-load forwarding (4K aliasing) when one loop walks them together, so every array starts
+# on a fresh 4 KiB boundary plus its own multiple of 64 bytes.
+_ALIAS_PERIOD = 4096
+
+Spec = tuple[Sequence[int], DTypeLike]
+
+
+def _normalize(specs: Sequence[Spec]) -> tuple[tuple[tuple[int, ...], np.dtype], ...]:
+    if not specs:
+        raise ValueError("a slot needs at least one (shape, dtype) spec")
+    normalized = []
+    for shape, dtype in specs:
+        shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        if any(n < 0 for n in shape):
+            raise ValueError(f"spec shape {shape} has a negative dimension")
+        if dtype.hasobject:
+            raise ValueError(f"spec dtype {dtype} holds Python objects, which cannot live in shared memory")
+        normalized.append((shape, dtype))
+    return tuple(normalized)
+
+
+def _layout(specs: Sequence[tuple[tuple[int, ...], np.dtype]], slots: int) -> tuple[list[list[int]], int]:
+    """Byte offset of each array of each slot, and the total size (whole pages)."""
+    offsets, end, skews = [], 0, _ALIAS_PERIOD // ALIGNMENT
+    for slot in range(slots):
+        row = []
+        for index, (shape, dtype) in enumerate(specs):
+            skew = (slot * len(specs) + index) % skews * ALIGNMENT
+            start = -(-end // _ALIAS_PERIOD) * _ALIAS_PERIOD + skew
+            row.append(start)
+            end = start + math.prod(shape) * dtype.itemsize
+        offsets.append(row)
+    return offsets, max(-(-end // mmap.PAGESIZE), 1) * mmap.PAGESIZE
+
+
+def _create_memory(nbytes: int, what: str) -> int:
+    """A descriptor of `nbytes` of shared memory, reserved now, whose name (if any) is already gone."""
+    mib = -(-nbytes // 2**20)
+    if not hasattr(os, "memfd_create"):
+        raise OptionError("worker processes need Linux (memfd_create) here; use threads (use_multiprocessing=False)")
+    fd = os.memfd_create("shardfeed-ring")  # close-on-exec by default
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        os.close(fd)
+        raise OptionError(
+            f"cannot reserve {nbytes} bytes ({mib} MiB) of shared memory for {what}: {exc.strerror}; "
+            f"free memory, or lower workers, max_queue_size or the batch size"
+        ) from exc
+    return fd
+
+
+class SlotRing:
+    """`slots` batches of arrays in shared memory, filled by workers and read in place by the trainer.
+
+    Args:
+        specs: (shape, dtype) of each array of a batch, e.g. `[((64, 32, 32, 32, 1), "float32"), ((64, 6), "float32")]`.
+        slots: batches that exist at once: being filled, waiting, or still held by the trainer.
+
+    The creating process (the trainer) hands slots out (`acquire_free_slot`, `release`) and reads
+    them; a worker receives the ring pickled as a `Process` argument, calls `attach()` and writes
+    through `arrays()`. Not thread-safe: one trainer thread drives it.
+    """
+
+    def __init__(self, specs: Sequence[Spec], slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self._plan(_normalize(specs), slots)
+        self._adopt(_create_memory(self.nbytes, f"{slots} batch slots of {sum(self._sizes)} bytes"))
+        self._creator = True
+        self._in_flight: set[int] = set()
+        self._map()
+        self._free_refs = self._refs(0)  # no array of any slot exists yet
+
+    def _plan(self, specs: tuple[tuple[tuple[int, ...], np.dtype], ...], slots: int) -> None:
+        self.specs, self.slots = specs, slots
+        self._sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in specs]
+        self._offsets, self.nbytes = _layout(specs, slots)
+
+    def _adopt(self, fd: int) -> None:
+        self._fd: int | None = fd
+        self._close_fd = weakref.finalize(self, os.close, fd)
+        self._owners: list[np.ndarray] | None = None
+        self._closed = False
+
+    def _map(self) -> None:
+        memory = mmap.mmap(self._fd, self.nbytes)  # the mapping lives until its last array is gone
+        self._owners = []
+        for row in self._offsets:
+            count = row[-1] + self._sizes[-1] - row[0]
+            self._owners.append(np.frombuffer(memory, np.uint8, count=count, offset=row[0]))
+
+    def _refs(self, slot: int) -> int:
+        return sys.getrefcount(self._owners[slot])
+
+    def __getstate__(self) -> dict:
+        if self._fd is None:
+            raise ValueError("this SlotRing is closed or already attached; only an open ring can be sent")
+        return {"specs": self.specs, "slots": self.slots, "fd": reduction.DupFd(self._fd)}
+
+    def __setstate__(self, state: dict) -> None:
+        self._plan(state["specs"], state["slots"])
+        fd = state["fd"].detach()
+        os.set_inheritable(fd, False)  # spawn's pass_fds leaves it inheritable; make_batch's children need none
+        self._adopt(fd)
+        self._creator = False
+
+    def attach(self) -> None:
+        """Maps the memory in a worker; the mapping then holds it, so the descriptor is closed."""
+        if self._owners is not None:
+            return
+        if self._closed:
+            raise ValueError("this SlotRing is closed")
+        self._map()
+        self._close_fd()
+        self._fd = None
+
+    def arrays(self, slot: int) -> tuple[np.ndarray, ...]:
+        """Fresh writable views of `slot`'s arrays; each one's `.base` is the slot's owner."""
+        if self._owners is None:
+            raise ValueError("this SlotRing is closed" if self._closed else "call attach() first in this process")
+        owner, offsets = self._owners[slot], [offset - self._offsets[slot][0] for offset in self._offsets[slot]]
+        return tuple(
+            owner[offset : offset + size].view(dtype).reshape(shape)
+            for offset, size, (shape, dtype) in zip(offsets, self._sizes, self.specs)
+        )
+
+    def acquire_free_slot(self) -> int | None:
+        """A slot that is not in flight and that no array in this process refers to, now marked in flight.
+
+        Returns None when every slot is in flight or still referenced.
+        """
+        if not self._creator:
+            raise ValueError("only the process that created the SlotRing hands out slots")
+        if self._owners is None:
+            raise ValueError("this SlotRing is closed")
+        for slot in range(self.slots):
+            if slot not in self._in_flight and self._refs(slot) == self._free_refs:
+                self._in_flight.add(slot)
+                return slot
+        return None
+
+    def has_free_slot(self) -> bool:
+        """Whether `acquire_free_slot` would give a slot now."""
+        return any(s not in self._in_flight and self._refs(s) == self._free_refs for s in range(self.slots))
+
+    def release(self, slot: int) -> None:
+        """Ends `slot`'s flight (its batch is ready or failed): it is free again once no array of it is alive."""
+        if slot not in self._in_flight:
+            raise ValueError(f"slot {slot} is not in flight")
+        self._in_flight.remove(slot)
+
+    def close(self) -> None:
+        """Drops this process's hold on the memory; idempotent, and done on garbage collection too.
+
+        Arrays still alive keep their pages mapped until they are dropped, so they never dangle.
+        """
+        self._closed = True
+        self._owners = None
+        self._close_fd()
+        self._fd = None
