@@ -34,9 +34,11 @@ def explode(key: tuple) -> None:
     raise ValueError(f"bad sample in batch {key[1]}")
 
 
-def write_slot(ring, slot: int, expected: float, written: float) -> None:
-    """In a child: check what the parent wrote into `slot`, then overwrite it."""
-    ring.attach()
+def write_slot(fd: int, slot: int = 2, expected: float = 3.5, written: float = 7.25) -> None:
+    """In a child that inherited the ring's `fd`: check what the parent wrote into `slot`, then overwrite it."""
+    from shardfeed.feed.ring import SlotRing
+
+    ring = SlotRing.attach_fd([((16, 5), np.float64), ((1,), np.int64)], 3, fd)
     x, flag = ring.arrays(slot)
     flag[0] = int((x == expected).all())
     x[...] = written

@@ -18,7 +18,6 @@ from shardfeed import DataGenerator
 from shardfeed.bench.tutorial import TutorialGenerator
 
 PROBES = Path(__file__).parent / "probes"
-START_METHODS = ["spawn", "forkserver"]
 
 
 def rows_of(x: np.ndarray) -> list[int]:
@@ -121,10 +120,9 @@ def test_ranks_split_every_epoch_disjointly(row_store):
         assert len(set(union)) == len(union) == 38 - 38 % 3
 
 
-@pytest.mark.parametrize("method", START_METHODS)
-def test_keras_worker_processes_give_the_in_process_batches(row_store, method):
+def test_keras_worker_processes_give_the_in_process_batches(row_store):
     """2 worker processes under Keras' adapter, 3 epochs: exactly once, reshuffled, same order."""
-    out = _probe("keras_epochs.py", row_store, method, "2", "1", "3")
+    out = _probe("keras_epochs.py", row_store, "2", "1", "3")
     in_process = DataGenerator(row_store, split="train", batch_size=4, seed=11)
     expected = [epoch_rows(in_process) for _ in range(3)]
     assert out["epochs"] == expected
@@ -134,18 +132,15 @@ def test_keras_worker_processes_give_the_in_process_batches(row_store, method):
 
 
 def test_keras_worker_threads_give_the_in_process_batches(row_store):
-    out = _probe("keras_epochs.py", row_store, "spawn", "2", "0", "2")
+    out = _probe("keras_epochs.py", row_store, "2", "0", "2")
     in_process = DataGenerator(row_store, split="train", batch_size=4, seed=11)
     assert out["epochs"] == [epoch_rows(in_process) for _ in range(2)]
 
 
-@pytest.mark.parametrize(
-    ("method", "batch"),
-    # Batch 14: near the end of the epoch, the workers already read the next epoch's batches.
-    [("spawn", 3), ("spawn", 14), pytest.param("forkserver", 3, marks=pytest.mark.slow)],
-)
-def test_killed_worker_raises_instead_of_hanging(row_store, method, batch):
-    out = _probe("kill_worker.py", row_store, method, batch, timeout=120)
+# Batch 14: near the end of the epoch, the workers already read the next epoch's batches.
+@pytest.mark.parametrize("batch", [3, 14])
+def test_killed_worker_raises_instead_of_hanging(row_store, batch):
+    out = _probe("kill_worker.py", row_store, batch, timeout=120)
     assert out["error"] is not None, out
     assert "WorkerDiedError" in out["message"] and "worker process died" in out["message"]
     assert out["seconds_after_kill"] < 30

@@ -2,7 +2,7 @@
 adapter (which sees an in-process dataset; the generator's workers read ahead) and print the
 sample rows of every batch.
 
-    python keras_epochs.py STORE START_METHOD WORKERS USE_MULTIPROCESSING EPOCHS
+    python keras_epochs.py STORE WORKERS USE_MULTIPROCESSING EPOCHS
 """
 
 import json
@@ -18,7 +18,7 @@ def rows_of(x):
 
 
 def main():
-    store, method, workers, use_mp, epochs = sys.argv[1:6]
+    store, workers, use_mp, epochs = sys.argv[1:5]
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     import shardfeed
@@ -27,7 +27,7 @@ def main():
     opened.read([0, 1])  # the parent has read from the store before the workers start
     gen = shardfeed.DataGenerator(
         opened, split="train", batch_size=4, seed=11, labels="sparse", dtype=None,
-        workers=int(workers), use_multiprocessing=use_mp == "1", start_method=method,
+        workers=int(workers), use_multiprocessing=use_mp == "1",
     )
     adapter = PyDatasetAdapter(gen, shuffle=False)
     seen = []

@@ -1,6 +1,6 @@
 """Probe: fit with 2 shardfeed worker processes, SIGKILL one mid-epoch, report what fit did.
 
-    python kill_worker.py STORE START_METHOD [BATCH]
+    python kill_worker.py STORE [BATCH]
 Prints one JSON line: {"error": <type name or null>, "message": ..., "seconds_after_kill": ...}.
 """
 
@@ -24,10 +24,10 @@ def slow_identity(x, rng):
 
 
 def main():
-    store, method = sys.argv[1:3]
-    kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    store = sys.argv[1]
+    kill_at = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     gen = shardfeed.DataGenerator(store, split="train", batch_size=2, seed=1, labels="sparse", transform=slow_identity,
-                                  workers=2, use_multiprocessing=True, start_method=method)
+                                  workers=2, use_multiprocessing=True)
     model = keras.Sequential([keras.Input(gen.store.sample_shape), keras.layers.Flatten(),
                               keras.layers.Dense(gen.store.num_classes)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))

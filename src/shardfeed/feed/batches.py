@@ -69,8 +69,10 @@ class BatchSource:
         self.store = store if isinstance(store, Store) else open_store(store, storage_options=storage_options)
         if split is not None and ids is not None:
             raise OptionError("give either split or ids, not both")
-        if batch_size < 1:
-            raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+        if type(batch_size) is not int or batch_size < 1:
+            raise OptionError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if seed is not None and (type(seed) is not int or seed < 0):
+            raise OptionError(f"seed must be an integer >= 0 or None, got {seed!r}")
         if shuffle_mode not in MODES:
             raise OptionError(f"shuffle_mode {shuffle_mode!r} unknown; expected one of {MODES}")
         if labels not in LABEL_MODES:
@@ -192,6 +194,8 @@ class BatchSource:
         for i, row in enumerate(rows):
             where = self._where(row, epoch)
             out = apply(self.transform, stored[i], sample_rng(self.seed, epoch, int(row)), where)
+            if out.dtype.kind not in "biufc":
+                raise TransformError(f"transform returned dtype {out.dtype} for {where}; expected numbers")
             if out.shape != self.sample_shape:
                 raise TransformError(
                     f"transform returned shape {out.shape} for {where}, expected {self.sample_shape} "

@@ -37,11 +37,10 @@ class DataGenerator(keras.utils.PyDataset):
             drop_remainder, rank, world_size, transform: see `shardfeed.feed.batches.BatchSource`.
         workers: threads or processes that make batches ahead of the trainer. Default: 1 (batches
             are made in the trainer when asked for); with a `transform`, one per available core.
-        use_multiprocessing: make batches in worker processes (spawned once, on the first batch,
-            and reused until `close()` or garbage collection) that write into shared memory.
-            Default: False; with a `transform` and several workers, True.
+        use_multiprocessing: make batches in worker processes (fresh interpreters started on the
+            first batch and reused until `close()` or garbage collection) that write into shared
+            memory. Default: False; with a `transform` and several workers, True.
         max_queue_size: batches made ahead.
-        start_method: "spawn" (default) or "forkserver", for worker processes.
 
     Inside `fit`, batches come in the generator's order: the k-th batch Keras asks for in an
     epoch is batch k of that epoch, whatever index it asks for (`fit(shuffle=True)` permutes
@@ -68,13 +67,10 @@ class DataGenerator(keras.utils.PyDataset):
         workers: int | None = None,
         use_multiprocessing: bool | None = None,
         max_queue_size: int = 10,
-        start_method: str = "spawn",
     ) -> None:
         workers, use_multiprocessing = _worker_defaults(transform, workers, use_multiprocessing)
         if type(max_queue_size) is not int or max_queue_size < 1:
             raise OptionError(f"max_queue_size must be an integer >= 1, got {max_queue_size!r}")
-        if start_method not in ("spawn", "forkserver"):
-            raise OptionError(f"start_method {start_method!r} unknown; expected 'spawn' or 'forkserver'")
         if use_multiprocessing and transform is not None:
             check_sendable(transform)
         # Keras must not start its own pool: the reading ahead is ours.
@@ -88,7 +84,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.read_ahead: ReadAhead | None = None
         if workers > 1 or use_multiprocessing:
             self.read_ahead = ReadAhead(self.source, self.cursor.following, workers, use_multiprocessing,
-                                        max_queue_size, start_method)  # fmt: skip
+                                        max_queue_size)  # fmt: skip
             self._closer = weakref.finalize(self, self.read_ahead.close)
 
     @property

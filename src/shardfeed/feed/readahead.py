@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import threading
 import warnings
 from collections.abc import Callable
@@ -22,7 +23,9 @@ from .batches import BatchSource
 from .workers import WorkerPool
 
 Key = tuple[int, int]  # (epoch, batch)
-HELD_SLOTS = 4  # slots beyond the read-ahead depth, for batches the trainer still holds
+# Slots: the read-ahead depth, as many again for batches the trainer (or a framework's prefetch
+# buffer, TensorFlow's for one) still holds, and a few for the batch being handed over.
+SPARE_SLOTS = 4
 
 
 class FillBatch:
@@ -44,7 +47,6 @@ class ReadAhead:
         workers: threads or processes making batches.
         processes: use worker processes (started on the first `get`, reused until `close`).
         depth: batches made ahead.
-        start_method: "spawn" or "forkserver", for processes.
     """
 
     def __init__(
@@ -54,10 +56,9 @@ class ReadAhead:
         workers: int,
         processes: bool,
         depth: int,
-        start_method: str = "spawn",
     ) -> None:
         self.source, self.following = source, following
-        self.workers, self.processes, self.start_method = workers, processes, start_method
+        self.workers, self.processes = workers, processes
         self.depth = max(depth, workers)
         self._pending: collections.deque[tuple[Key, object]] = collections.deque()  # (key, future or None)
         self._lock = threading.Lock()  # TensorFlow asks from its generator thread
@@ -101,15 +102,20 @@ class ReadAhead:
             return
         if self._pool is None:
             specs = self.source.specs()
-            self._pool = WorkerPool(FillBatch(self.source), specs, self.workers, self.depth + HELD_SLOTS,
-                                    self.start_method)  # fmt: skip
+            self._pool = WorkerPool(FillBatch(self.source), specs, self.workers, self.slots)
         if self._pool.has_free_slot():
             self._pool.submit(key)
             self._pending.append((key, True))
         else:
             self._pending.append((key, None))  # made in the trainer when its turn comes
 
+    @property
+    def slots(self) -> int:
+        return 2 * self.depth + SPARE_SLOTS
+
     def _top_up(self, served: Key) -> None:
+        if self._pending and self._pending[-1][1] is None and self._pool.has_free_slot():
+            self._submit(self._pending.pop()[0])  # a slot is free again: only the last entry waits for one
         last = self._pending[-1][0] if self._pending else served
         while len(self._pending) < self.depth:
             if self._pending and self._pending[-1][1] is None:
@@ -124,14 +130,15 @@ class ReadAhead:
             if isinstance(handle, cf.Future):
                 handle.cancel()
             elif handle is True:
-                self._pool.get()  # its slot is free again once the arrays are dropped here
+                with contextlib.suppress(Exception):  # an error of a batch nobody wants is nobody's
+                    self._pool.get()  # its slot is free again once the arrays are dropped here
 
     def _in_trainer(self, key: Key) -> tuple[np.ndarray, ...]:
         if not self._warned:
             self._warned = True
             warnings.warn(
-                f"DataGenerator: the trainer holds all {self.depth + HELD_SLOTS} shared-memory batch slots "
-                f"(batches kept alive), so a batch is made in the trainer instead; raise max_queue_size",
+                f"DataGenerator: batches still referenced in the trainer hold all {self.slots} shared-memory "
+                f"batch slots, so this batch is made in the trainer instead (slower); keep fewer batches alive",
                 RuntimeWarning,
                 stacklevel=3,
             )

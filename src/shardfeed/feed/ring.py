@@ -5,9 +5,8 @@ processes end, even by SIGKILL, and Docker's 64 MiB `/dev/shm` does not limit it
 created there at all). The pages are reserved at creation (`posix_fallocate`): a lack of memory
 is a one-line `OptionError` then, naming the bytes needed, not a SIGBUS in the middle of an epoch.
 
-Workers get the memory as a file descriptor that travels with the pickled ring while a process
-starts: `multiprocessing.reduction.DupFd` hands it to the spawn launcher (`pass_fds`) or sends it
-over the forkserver's socket. Nothing attaches by name, so nothing has to wait to unlink one.
+Workers inherit the memory as a file descriptor (`launch`) and map it with `attach_fd`: nothing
+attaches by name, so nothing has to wait to unlink one.
 
 A slot is reused only when nothing in the trainer refers to it. Each array that `arrays()` returns
 is a fresh view whose `.base` is the slot's owner, a uint8 array over the slot's bytes; numpy
@@ -28,7 +27,6 @@ import os
 import sys
 import weakref
 from collections.abc import Sequence
-from multiprocessing import reduction
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -97,8 +95,8 @@ class SlotRing:
         slots: batches that exist at once: being filled, waiting, or still held by the trainer.
 
     The creating process (the trainer) hands slots out (`acquire_free_slot`, `release`) and reads
-    them; a worker receives the ring pickled as a `Process` argument, calls `attach()` and writes
-    through `arrays()`. Not thread-safe: one trainer thread drives it.
+    them; a worker inherits `fd`, maps the ring with `attach_fd` and writes through `arrays()`.
+    Not thread-safe: one trainer thread drives it.
     """
 
     def __init__(self, specs: Sequence[Spec], slots: int) -> None:
@@ -132,27 +130,24 @@ class SlotRing:
     def _refs(self, slot: int) -> int:
         return sys.getrefcount(self._owners[slot])
 
-    def __getstate__(self) -> dict:
+    @property
+    def fd(self) -> int:
+        """The memory's descriptor, for a worker process to inherit (see `launch`)."""
         if self._fd is None:
-            raise ValueError("this SlotRing is closed or already attached; only an open ring can be sent")
-        return {"specs": self.specs, "slots": self.slots, "fd": reduction.DupFd(self._fd)}
-
-    def __setstate__(self, state: dict) -> None:
-        self._plan(state["specs"], state["slots"])
-        fd = state["fd"].detach()
-        os.set_inheritable(fd, False)  # spawn's pass_fds leaves it inheritable; make_batch's children need none
-        self._adopt(fd)
-        self._creator = False
-
-    def attach(self) -> None:
-        """Maps the memory in a worker; the mapping then holds it, so the descriptor is closed."""
-        if self._owners is not None:
-            return
-        if self._closed:
             raise ValueError("this SlotRing is closed")
-        self._map()
-        self._close_fd()
-        self._fd = None
+        return self._fd
+
+    @classmethod
+    def attach_fd(cls, specs: Sequence[Spec], slots: int, fd: int) -> SlotRing:
+        """In a worker: the ring whose memory `fd` (inherited from the trainer) holds, mapped writable."""
+        ring = cls.__new__(cls)
+        ring._plan(_normalize(specs), slots)
+        ring._adopt(fd)
+        ring._creator = False
+        ring._map()
+        ring._close_fd()  # the mapping holds the memory now
+        ring._fd = None
+        return ring
 
     def arrays(self, slot: int) -> tuple[np.ndarray, ...]:
         """Fresh writable views of `slot`'s arrays; each one's `.base` is the slot's owner."""

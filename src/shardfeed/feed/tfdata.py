@@ -15,6 +15,7 @@ import numpy as np
 
 from ..storage.store import Store
 from .batches import BatchSource
+from .transforms import Transform
 
 
 def as_tf_dataset(
@@ -33,18 +34,20 @@ def as_tf_dataset(
     first_epoch: int = 0,
     num_parallel_calls: int | None = None,
     prefetch: int | None = None,
+    transform: Transform | None = None,
 ):
     """A `tf.data.Dataset` of `(x, y)` (or `(x,)`) batches; see `BatchSource` for the arguments.
 
     `num_parallel_calls` and `prefetch` default to `tf.data.AUTOTUNE`. Iterating the dataset
-    again starts the next epoch (`first_epoch` for the first pass).
+    again starts the next epoch (`first_epoch` for the first pass). `transform` runs in
+    tf.data's threads; its output shape (`BatchSource.sample_shape`) is the shape of `x`.
     """
     import tensorflow as tf
 
     source = BatchSource(
         store, split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
         shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, transform=transform,
     )  # fmt: skip
     epochs = itertools.count(first_epoch)
 
@@ -53,7 +56,7 @@ def as_tf_dataset(
         for index in range(source.num_batches):
             yield epoch, index
 
-    x_spec = tf.TensorSpec((None, *source.store.sample_shape), tf.as_dtype(source.dtype))
+    x_spec = tf.TensorSpec((None, *source.sample_shape), tf.as_dtype(source.dtype))
     specs = [x_spec]
     if source.labels == "onehot":
         specs.append(tf.TensorSpec((None, source.store.num_classes), tf.float32))

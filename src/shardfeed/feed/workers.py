@@ -1,8 +1,9 @@
 """Worker processes that build whole batches into a `SlotRing`; only slot numbers cross the pipes.
 
-The processes start once (spawn or forkserver: h5py and JAX are not fork-safe) and serve every
-epoch. The trainer submits keys in the order it wants them and gets the batches back in that
-order, as arrays viewing the ring's slots; a slot is written again only once those arrays are gone.
+The processes start once, as fresh interpreters (`launch`: h5py and JAX are not fork-safe, and
+the trainer's main script is not re-run), and serve every epoch. The trainer submits keys in
+the order it wants them and gets the batches back in that order, as arrays viewing the ring's
+slots; a slot is written again only once those arrays are gone.
 
 What the trainer sees when something goes wrong:
 
@@ -10,24 +11,24 @@ What the trainer sees when something goes wrong:
   cannot be pickled), caused by a `RemoteTraceback` that holds the worker's traceback. The worker
   survives and the pool stays usable: later batches are unaffected.
 - A worker dies (the OOM killer, a signal): `get` raises `WorkerDiedError` as soon as the process
-  ends, because it waits on every process' sentinel as well as on the pipes. That worker's batches
-  are lost, so the pool closes itself, and later calls raise the same error.
+  ends: its socket reaches end of file. That worker's batches are lost, so the pool closes itself,
+  and later calls raise the same error.
 - The trainer dies, even by SIGKILL: a thread in each worker waits on a pipe whose only writer is
   the trainer and ends the process when that pipe reaches end of file, even in the middle of
-  `make_batch`. `PR_SET_PDEATHSIG` would not do: a forkserver worker's parent is the forkserver,
-  which lives on as long as any of its children does (each holds the forkserver's own "alive" fd),
-  and under spawn it fires when the *thread* that started the worker ends. The memory is a memfd
-  (see `ring`), so no process, descriptor or `/dev/shm` file outlives the trainer.
-- Ctrl-C: only the trainer gets `KeyboardInterrupt` (and then closes the pool); workers ignore SIGINT.
+  `make_batch` (`PR_SET_PDEATHSIG` fires when the *thread* that started a worker ends, not the
+  process). The memory is a memfd (see `ring`), so no process, descriptor or `/dev/shm` file
+  outlives the trainer.
+- Ctrl-C: only the trainer gets `KeyboardInterrupt` (and then closes the pool); workers run in a
+  session of their own, and ignore SIGINT sent to them directly.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import operator
 import os
 import pickle
 import signal
+import subprocess
 import threading
 import time
 import traceback
@@ -35,14 +36,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import connection, forkserver, resource_tracker
+from multiprocessing import connection
 
 import numpy as np
 
 from ..errors import ShardfeedError, WorkerDiedError
+from . import launch
 from .ring import SlotRing, Spec
 
-START_METHODS = ("spawn", "forkserver")
 STOP_TIMEOUT = 2.0  # seconds close() gives workers to notice before it kills them
 
 MakeBatch = Callable[[object, tuple[np.ndarray, ...]], int | None]
@@ -61,10 +62,11 @@ class RemoteTraceback(Exception):
 
 @dataclass(eq=False)
 class _Worker:
-    process: multiprocessing.process.BaseProcess
-    pid: int  # kept: a closed Process object no longer tells
+    process: subprocess.Popen
+    pid: int
     conn: connection.Connection
     ready: bool = False
+    startup_error: str = ""  # why it could not load its batch maker
     tasks: set[int] = field(default_factory=set)  # sequence numbers sent and not answered yet
 
 
@@ -88,7 +90,6 @@ class WorkerPool:
         workers: number of processes.
         slots: batches that exist at once: being filled, ready, or still held by the caller
             (default: two per worker plus two).
-        start_method: "spawn" or "forkserver".
 
     Call `submit(key)` for each batch, then `get()` once per `submit`: batches come back in
     submission order. Keys and the rows counts cross pipes: keep them small. Not thread-safe.
@@ -100,10 +101,7 @@ class WorkerPool:
         ring_specs: Sequence[Spec],
         workers: int = 2,
         slots: int | None = None,
-        start_method: str = "spawn",
     ) -> None:
-        if start_method not in START_METHODS:
-            raise ValueError(f"start_method {start_method!r} unsupported; expected one of {START_METHODS}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._ring = SlotRing(ring_specs, 2 * workers + 2 if slots is None else slots)
@@ -112,41 +110,27 @@ class WorkerPool:
         self._unsent: deque[int] = deque()  # submitted, waiting for a free slot
         self._next_seq = 0
         self._failure: WorkerDiedError | None = None
-        context = multiprocessing.get_context(start_method)
+        payload = pickle.dumps(make_batch)  # once, and here: an unpicklable one fails in the trainer
         # Never written: the workers see end of file once this process has closed it or is gone.
-        self._alive_r, alive_w = context.Pipe(duplex=False)
+        alive_r, alive_w = os.pipe()
         self._shut_down = weakref.finalize(self, _shut_down, self._workers, alive_w, self._ring)
         try:
-            self._start(context, make_batch, workers)
+            self._start(payload, workers, alive_r)
         except BaseException:
             self.close()
             raise
-
-    def _start(self, context: multiprocessing.context.BaseContext, make_batch: MakeBatch, count: int) -> None:
-        # Spawned workers start with SIGINT blocked (the mask survives fork and exec), so a Ctrl-C
-        # while they import cannot hit them before they ignore it. multiprocessing's helpers start
-        # first: launching the resource tracker unblocks SIGINT, and a forkserver started with it
-        # blocked would pass that on to every process it forks, ours or not. (Forkserver workers
-        # are forked with SIGINT deliverable, until their first line ignores it.)
-        resource_tracker.ensure_running()
-        if context.get_start_method() == "forkserver":
-            forkserver.ensure_running()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            for index in range(count):
-                ours, theirs = context.Pipe()
-                process = context.Process(
-                    target=_serve, args=(theirs, self._alive_r, self._ring, make_batch),
-                    name=f"shardfeed-worker-{index}", daemon=True,
-                )  # fmt: skip
-                try:
-                    process.start()
-                finally:
-                    theirs.close()  # our copy would hide the worker's death from `recv`
-                self._workers.append(_Worker(process, process.pid, ours))
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            self._alive_r.close()  # only the workers read it
+            os.close(alive_r)  # only the workers read it
+
+    def _start(self, payload: bytes, count: int, alive_r: int) -> None:
+        boot = pickle.dumps((self._ring.specs, self._ring.slots, launch.main_path(), payload))
+        for _ in range(count):
+            process, conn = launch.start(alive_r, self._ring.fd)
+            self._workers.append(_Worker(process, process.pid, conn))
+            try:
+                conn.send_bytes(boot)
+            except OSError:  # it died at once
+                raise self._fail(self._workers[-1]) from None
         while not all(worker.ready for worker in self._workers):
             self._wait()
 
@@ -230,14 +214,8 @@ class WorkerPool:
     def _wait(self) -> None:
         """Takes in what the workers have sent; raises WorkerDiedError if one has ended."""
         by_conn = {worker.conn: worker for worker in self._workers}
-        by_sentinel = {worker.process.sentinel: worker for worker in self._workers}
-        ready = connection.wait([*by_conn, *by_sentinel])
-        for conn in ready:
-            if conn in by_conn:
-                self._receive(by_conn[conn])
-        for sentinel in ready:
-            if sentinel in by_sentinel:
-                raise self._fail(by_sentinel[sentinel])
+        for conn in connection.wait(list(by_conn)):
+            self._receive(by_conn[conn])
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -247,18 +225,24 @@ class WorkerPool:
         if message is None:
             worker.ready = True
             return
+        if isinstance(message, str):  # it could not load its batch maker, and exits
+            worker.startup_error = message
+            raise self._fail(worker)
         seq, rows, error = message
         worker.tasks.remove(seq)
         self._tasks[seq].outcome = (rows, error)
 
     def _fail(self, worker: _Worker) -> WorkerDiedError:
         """Closes the pool after `worker` ended; returns the error to raise, now and on every later call."""
-        worker.process.join(timeout=1)  # its pipe can close a moment before it is reaped
-        code = worker.process.exitcode
+        try:
+            code = worker.process.wait(timeout=1)  # its socket can close a moment before it is reaped
+        except subprocess.TimeoutExpired:
+            code = None
         if not worker.ready:
             when = (
-                "before it was ready (its traceback, if any, is on stderr; make_batch must be importable in a "
-                "fresh process: a top-level function or object, not one defined in an interactive session)"
+                f"before it was ready: {worker.startup_error or 'see its traceback on stderr'} (a transform "
+                f"must be importable in a fresh process: a top-level def in a module or in the main script, "
+                f"whose code that starts training runs under `if __name__ == \"__main__\":`)"
             )
         elif worker.tasks:
             when = f"while building the batches for keys {[self._tasks[seq].key for seq in sorted(worker.tasks)]}"
@@ -285,26 +269,32 @@ def _describe_exit(code: int | None) -> str:
     return f"was killed by {name}{oom if -code == signal.SIGKILL else ''}"
 
 
-def _shut_down(workers: list[_Worker], alive_w: connection.Connection, ring: SlotRing) -> None:
-    alive_w.close()  # every worker exits, busy or not
+def _shut_down(workers: list[_Worker], alive_w: int, ring: SlotRing) -> None:
+    os.close(alive_w)  # every worker exits, busy or not
     deadline = time.monotonic() + STOP_TIMEOUT
     for worker in workers:
-        worker.process.join(max(0.0, deadline - time.monotonic()))
-        if worker.process.exitcode is None:
+        try:
+            worker.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             worker.process.kill()
-            worker.process.join()
-        worker.process.close()
+            worker.process.wait()
         worker.conn.close()
     ring.close()
 
 
-def _serve(conn: connection.Connection, alive: connection.Connection, ring: SlotRing, make_batch: MakeBatch) -> None:
-    """A worker: fill the slot of each task until the pool closes or the trainer is gone."""
+def serve(conn_fd: int, alive_fd: int, ring_fd: int) -> None:
+    """A worker (see `launch`): fill the slot of each task until the pool closes or the trainer is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is discarded
-    threading.Thread(target=_exit_with_trainer, args=(alive,), name="exit-with-trainer", daemon=True).start()
-    ring.attach()
+    threading.Thread(target=_exit_with_trainer, args=(alive_fd,), name="exit-with-trainer", daemon=True).start()
+    conn = connection.Connection(conn_fd)
     try:
+        specs, slots, script, payload = pickle.loads(conn.recv_bytes())
+        ring = SlotRing.attach_fd(specs, slots, ring_fd)
+        try:
+            make_batch = launch.load(payload, script)
+        except Exception as exc:  # whatever unpickling the user's objects raises
+            conn.send(f"{type(exc).__name__}: {exc}")
+            os._exit(1)
         conn.send(None)  # ready
         while True:
             seq, slot, key_bytes = conn.recv()
@@ -313,8 +303,8 @@ def _serve(conn: connection.Connection, alive: connection.Connection, ring: Slot
         return  # the pool is closing, or the trainer is gone
 
 
-def _exit_with_trainer(alive: connection.Connection) -> None:
-    connection.wait([alive])  # nothing is ever written: this returns at end of file
+def _exit_with_trainer(alive_fd: int) -> None:
+    os.read(alive_fd, 1)  # nothing is ever written: this returns at end of file
     os._exit(0)  # at once, even while make_batch runs; no cleanup is owed to a trainer that is gone
 
 
