@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,11 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShardfeedError as exc:
         print(f"shardfeed: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of our output has gone (`| head`): stop quietly, and let no flush at exit fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("shardfeed: interrupted; finish with --resume", file=sys.stderr)
+        print(f"shardfeed: interrupted{_resume_hint(args)}", file=sys.stderr)
         return EXIT_SIGINT
     except Terminated:
-        print("shardfeed: terminated; finish with --resume", file=sys.stderr)
+        print(f"shardfeed: terminated{_resume_hint(args)}", file=sys.stderr)
         return EXIT_SIGTERM
     finally:
         # Called in-process (tests, notebooks), main must not leave its handler behind: forked
@@ -46,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _raise_terminated(signum, frame) -> None:
     raise Terminated()
+
+
+def _resume_hint(args) -> str:
+    """Only an interrupted conversion has something to resume."""
+    return "; finish with --resume" if args.run is _cmd_convert else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,8 +226,8 @@ def _cmd_bench(args) -> int:
     from .bench.harness import format_table
     from .bench.store import bench_store
 
-    if args.batch_size < 1 or args.seconds <= 0:
-        print("shardfeed: error: --batch-size and --seconds must be positive", file=sys.stderr)
+    if args.batch_size < 1 or not math.isfinite(args.seconds) or args.seconds <= 0:
+        print("shardfeed: error: --batch-size and --seconds must be positive finite numbers", file=sys.stderr)
         return EXIT_USAGE
     results = bench_store(
         args.store, batch_size=args.batch_size, shuffle=args.shuffle, seconds=args.seconds,

@@ -85,7 +85,7 @@ class BatchSource:
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.shuffle_mode = shuffle_mode
         self.labels = labels if self.store.labels is not None else None
-        self.dtype = self.store.dtype if dtype is None else np.dtype(dtype)
+        self.dtype = self.store.dtype if dtype is None else _numeric_dtype(dtype)
         self.drop_remainder = drop_remainder
         self.rank = rank
         self.world_size = world_size
@@ -205,3 +205,15 @@ class BatchSource:
 
     def _where(self, row: int, epoch: int) -> str:
         return f"sample {self.store.ids[int(row)]!r} (row {int(row)}, epoch {epoch})"
+
+
+def _numeric_dtype(dtype: str | np.dtype) -> np.dtype:
+    """The batches' dtype: numbers only (an `object` or string batch cannot hold samples)."""
+    try:
+        parsed = np.dtype(dtype)
+    except TypeError as exc:
+        raise OptionError(f"dtype {dtype!r} is not a dtype: {exc}") from exc
+    if parsed.kind not in "biufc" or parsed.fields is not None or parsed.subdtype is not None:
+        raise OptionError(f"dtype {dtype!r} cannot hold samples; use a numeric dtype such as 'float32', "
+                          f"or None for the stored dtype")  # fmt: skip
+    return parsed

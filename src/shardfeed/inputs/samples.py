@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..urls import is_url
+from .npy import parse_npy_header
 from .remote import fetch_samples
 
 
@@ -40,18 +41,31 @@ def read_samples(
 
 
 def read_sample(ref: SampleRef, dest: np.ndarray, source_dtype: np.dtype) -> None:
-    """Read a sample's data into `dest` (C order, stored dtype), refusing a changed file."""
+    """Read a sample's data into `dest` (C order, stored dtype), refusing a changed file.
+
+    The header is read again from the open file and must promise what the scan validated: a
+    file rewritten since with the same size but another dtype or shape would otherwise be copied
+    reinterpreted, under a fresh checksum that `verify` could never fault.
+    """
     expected = dest.nbytes
     direct = not ref.fortran_order and source_dtype == dest.dtype
     target = dest if direct else np.empty(dest.size, dtype=source_dtype)
+    where = f"{ref.path}: sample {ref.id!r}"
     try:
         fd = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb", buffering=0) as f:
-            f.seek(ref.data_offset)
+            header = parse_npy_header(f, where, os.fstat(fd).st_size)
+            validated = (dest.shape, source_dtype, ref.fortran_order, ref.data_offset)
+            if (header.shape, header.dtype, header.fortran_order, header.data_offset) != validated:
+                raise InputError(
+                    f"{where}: file changed since it was validated: its header now says shape {header.shape} "
+                    f"dtype {header.dtype.str}, it said shape {dest.shape} dtype {source_dtype.str}; "
+                    f"run the conversion again"
+                )
             got = _read_fully(f, memoryview(target.reshape(-1)).cast("B"))
             extra = f.read(1)
     except OSError as exc:
-        raise InputError(f"{ref.path}: sample {ref.id!r}: cannot read: {exc.strerror}") from exc
+        raise InputError(f"{where}: cannot read: {exc.strerror}") from exc
     if got != expected or extra:
         raise InputError(
             f"{ref.path}: sample {ref.id!r}: file changed since it was validated "

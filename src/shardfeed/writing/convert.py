@@ -19,7 +19,7 @@ from ..inputs.scan import SourceSet, scan_sources
 from ..storage.backends import Layout, get_backend
 from ..storage.format import COMPRESSIONS
 from ..storage.manifest import Manifest
-from ..urls import is_url
+from ..urls import is_url, local_root
 from .cluster import run_on_dask
 from .local import convert_local
 from .plan import DEFAULT_SHARD_SIZE, choose_layout, make_tasks, parse_size
@@ -62,6 +62,9 @@ def convert(
     """
     backend = get_backend(format)
     _check_options(format, compression, workers, overwrite=overwrite, resume=resume)
+    if not is_url(out):
+        out = local_root(out)  # `file:///abs/out` is /abs/out, as for SRC and open_store
+        _refuse_inputs_inside(out, src, labels, partition)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(labels, storage_options)
     if isinstance(partition, (str, os.PathLike)):
@@ -78,8 +81,8 @@ def convert(
         tasks = make_tasks(sources, layout, format, out, storage_options)
         return convert_remote(out, sources, layout, backend, tasks, storage_options=storage_options,
                               overwrite=overwrite, resume=resume, run=run)  # fmt: skip
-    tasks = make_tasks(sources, layout, format, Path(out), storage_options)
-    return convert_local(Path(out), sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume)
+    tasks = make_tasks(sources, layout, format, out, storage_options)
+    return convert_local(out, sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume)
 
 
 def _check_options(format: str, compression: str, workers: int, *, overwrite: bool, resume: bool) -> None:
@@ -92,6 +95,21 @@ def _check_options(format: str, compression: str, workers: int, *, overwrite: bo
         raise OptionError(f"workers must be >= 1, got {workers}")
     if overwrite and resume:
         raise OptionError("--overwrite and --resume exclude each other")
+
+
+def _refuse_inputs_inside(out: Path, src, labels, partition) -> None:
+    """Refuse, before anything is touched, inputs that clearing or writing OUT would destroy: SRC, the
+    labels or the partition file inside OUT (links resolved), or OUT itself a `.npy` name in SRC."""
+    root = Path(os.path.realpath(out))
+    named = [("SRC", src), ("--labels", labels), ("--partition", partition)]
+    for what, path in named:
+        if isinstance(path, (str, os.PathLike)) and not is_url(path):
+            resolved = Path(os.path.realpath(local_root(path)))
+            if resolved == root or resolved.is_relative_to(root):
+                raise OptionError(f"{path}: {what} lies inside OUT {out}, which converting would overwrite; "
+                                  f"choose an OUT outside it")  # fmt: skip
+    if not is_url(src) and root.parent == Path(os.path.realpath(local_root(src))) and root.name.endswith(".npy"):
+        raise OptionError(f"{out}: OUT would be scanned as a sample of SRC {src}; give it a name not ending in .npy")
 
 
 def _shard_records(tasks: list[ShardTask], workers: int, progress, client, scheduler):

@@ -1,0 +1,101 @@
+"""Defects from the hostile review (issue: nothing lost, nothing wrong in silence), through the
+CLI where a user meets them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import shardfeed
+from shardfeed import DataGenerator, OptionError
+from shardfeed.cli import main
+
+
+def test_overwrite_refuses_an_src_inside_out_and_keeps_the_inputs(tmp_path, make_npy_dir, capsys):
+    src, labels, _, _ = make_npy_dir(n=8)
+    store = tmp_path / "store"
+    assert main(["convert", str(src), str(store), "--labels", str(labels), "--quiet"]) == 0
+    inside = store / "raw"
+    src.rename(inside)
+    before = sorted(p.name for p in inside.iterdir())
+    assert main(["convert", str(inside), str(store), "--overwrite", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "SRC lies inside OUT" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in inside.iterdir()) == before  # nothing deleted
+    assert (store / "manifest.json").exists()  # and the old store untouched
+
+
+def test_overwrite_refuses_a_labels_file_inside_out(tmp_path, make_npy_dir, capsys):
+    src, labels, _, _ = make_npy_dir(n=8)
+    store = tmp_path / "store"
+    assert main(["convert", str(src), str(store), "--quiet"]) == 0
+    moved = store / "labels.json"
+    moved.write_bytes(labels.read_bytes())
+    assert main(["convert", str(src), str(store), "--labels", str(moved), "--overwrite", "--quiet"]) == 1
+    assert "--labels lies inside OUT" in capsys.readouterr().err
+    assert moved.exists()
+
+
+def test_a_sample_rewritten_with_another_dtype_after_validation_is_refused(tmp_path, make_npy_dir, backend):
+    src, labels, partition, _ = make_npy_dir(n=6, dtype="int32")
+
+    def rewrite(sources, layout) -> None:  # between validation and copying, same byte size
+        np.save(src / "id-3.npy", np.zeros((4, 3), dtype=np.float32))
+
+    ids = json.loads(partition.read_text())
+    assert any("id-3" in v for v in ids.values())
+    with pytest.raises(shardfeed.InputError, match=r"id-3.*changed since it was validated.*<f4.*<i4"):
+        shardfeed.convert(src, tmp_path / "out", labels=labels, partition=partition, format=backend, on_start=rewrite)
+    with pytest.raises(shardfeed.StoreNotFinalizedError):
+        shardfeed.open_store(tmp_path / "out")
+
+
+def test_file_url_out_is_the_absolute_path(tmp_path, make_npy_dir, monkeypatch):
+    src, labels, _, _ = make_npy_dir(n=6)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "elsewhere" / "store"
+    assert main(["convert", str(src), f"file://{out}", "--labels", str(labels), "--quiet"]) == 0
+    assert len(shardfeed.open_store(out)) == 6
+    assert not (tmp_path / "file:").exists()
+
+
+def test_inspect_into_a_closed_pipe_ends_without_a_traceback(small_store):
+    store, _ = small_store
+    command = f"{sys.executable} -m shardfeed.cli inspect {store} --shards | head -1"
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60)
+    assert done.stdout.count("\n") == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0"])
+def test_bench_refuses_a_budget_that_is_not_a_positive_finite_number(small_store, seconds, capsys):
+    store, _ = small_store
+    assert main(["bench", str(store), "--seconds", seconds]) == 2
+    assert "finite" in capsys.readouterr().err
+
+
+def test_an_interrupted_verify_does_not_suggest_resume(small_store, monkeypatch, capsys):
+    store, _ = small_store
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("shardfeed.storage.integrity.verify_store", interrupted)
+    assert main(["verify", str(store)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("seed", -1), ("seed", 1.5), ("seed", "7"), ("batch_size", "32"), ("batch_size", 2.0),
+     ("dtype", object), ("dtype", "U5"), ("dtype", "not-a-dtype")],
+)  # fmt: skip
+def test_generator_options_are_refused_at_construction(small_store, option, value):
+    store, _ = small_store
+    with pytest.raises(OptionError, match=option):
+        DataGenerator(store, split="train", **{option: value})
