@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from multiprocessing import resource_tracker
 from pathlib import Path
 
@@ -178,3 +180,40 @@ def _probe(script: str, *args, timeout: int = 240) -> dict:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+CTRL_C = """
+import sys, time
+import shardfeed
+gen = shardfeed.DataGenerator(sys.argv[1], split="train", batch_size=4, workers=2, use_multiprocessing=True)
+gen[0]
+gen.on_epoch_begin()
+gen[0]  # the workers are up
+print(*gen.read_ahead.worker_pids, flush=True)
+while True:
+    for i in range(len(gen)):
+        gen[i]
+    gen.on_epoch_end()
+    gen.on_epoch_begin()
+"""
+
+
+def test_ctrl_c_in_the_trainer_leaves_no_worker_and_no_shared_memory(row_store):
+    psutil = pytest.importorskip("psutil")
+    shm = sorted(os.listdir("/dev/shm"))
+    trainer = subprocess.Popen([sys.executable, "-c", CTRL_C, str(row_store)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        workers = [int(pid) for pid in trainer.stdout.readline().split()]
+        assert len(workers) == 2, trainer.stderr.read()
+        time.sleep(0.5)
+        trainer.send_signal(signal.SIGINT)
+        _, err = trainer.communicate(timeout=30)
+    finally:
+        trainer.kill()
+    assert "KeyboardInterrupt" in err
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers):
+        assert time.monotonic() < deadline, "a worker outlived the trainer"
+        time.sleep(0.1)
+    assert sorted(os.listdir("/dev/shm")) == shm
