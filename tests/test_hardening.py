@@ -99,3 +99,26 @@ def test_generator_options_are_refused_at_construction(small_store, option, valu
     store, _ = small_store
     with pytest.raises(OptionError, match=option):
         DataGenerator(store, split="train", **{option: value})
+
+
+TRUNCATE_WHILE_OPEN = """
+import os, sys
+import shardfeed
+store = shardfeed.open_store(sys.argv[1], verify=sys.argv[2] == "1")
+store.read(list(range(len(store))))  # every shard mapped
+for shard in store.manifest.shards:
+    os.truncate(os.path.join(sys.argv[1], shard.path), shard.nbytes // 2)
+try:
+    store.read(list(range(len(store))))
+except shardfeed.StoreFormatError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_shard_truncated_under_a_reader_is_an_error_not_a_sigbus(small_store, verify):
+    store, _ = small_store
+    done = subprocess.run([sys.executable, "-c", TRUNCATE_WHILE_OPEN, str(store), str(int(verify))],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, f"killed by signal {-done.returncode}" if done.returncode < 0 else done.stderr
+    assert "shrank" in done.stdout and "SIGBUS" in done.stdout and "shard" in done.stdout

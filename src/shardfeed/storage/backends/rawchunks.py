@@ -87,13 +87,17 @@ class RawChunkReader(ShardReader):
         self._offsets = offsets.astype(np.int64)
         self._sizes = sizes.astype(np.int64)
         self._sample_nbytes = self._chunk_nbytes // chunk_rows
-        fd = os.open(path, os.O_RDONLY)
+        # Kept open: a file truncated in place under the mapping would kill this process with SIGBUS
+        # at the first read past its new end, so every read first checks the size (one fstat).
+        self._fd = os.open(path, os.O_RDONLY)
         try:
-            file_size = os.fstat(fd).st_size
+            file_size = os.fstat(self._fd).st_size
             self._check_ranges(file_size)
-            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if file_size else None
-        finally:
-            os.close(fd)  # the mapping stays valid without it
+            self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) if file_size else None
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._needed = int((self._offsets + self._sizes).max(initial=0))
         self._run_first, self._views = self._run_views()
 
     def _check_ranges(self, file_size: int) -> None:
@@ -127,8 +131,18 @@ class RawChunkReader(ShardReader):
         ]
         return starts * self._chunk_rows, views
 
+    def _check_size(self) -> None:
+        """Refuse to touch a mapping whose file has shrunk below the chunks it must hold."""
+        size = os.fstat(self._fd).st_size
+        if size < self._needed:
+            raise StoreFormatError(
+                f"{self._path}: the shard shrank to {size} bytes while open, its chunks need {self._needed} "
+                f"(truncated in place?); reading it would crash the process (SIGBUS); restore the store and reopen it"
+            )
+
     def read(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         # docstring inherited
+        self._check_size()
         if not self._views:  # compressed chunks: decode each touched chunk once, in parallel
             copy_rows_from_chunks(self._read_chunk, local_rows, self._chunk_rows, out, positions, decode_pool())
             return
@@ -136,12 +150,14 @@ class RawChunkReader(ShardReader):
 
     def raw_runs(self) -> tuple[list[int], list[np.ndarray]] | None:
         # docstring inherited
+        self._check_size()
         return (self._run_first.tolist(), self._views) if self._views else None
 
     def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
         # docstring inherited
         if not self._views:
             return False
+        self._check_size()
         self._copy_raw(local_rows, out, None)
         return True
 
@@ -181,3 +197,6 @@ class RawChunkReader(ShardReader):
         if self._mm is not None:
             self._mm.close()
             self._mm = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
