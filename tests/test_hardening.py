@@ -122,3 +122,31 @@ def test_a_shard_truncated_under_a_reader_is_an_error_not_a_sigbus(small_store, 
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, f"killed by signal {-done.returncode}" if done.returncode < 0 else done.stderr
     assert "shrank" in done.stdout and "SIGBUS" in done.stdout and "shard" in done.stdout
+
+
+def test_a_store_opened_before_an_overwrite_refuses_the_new_shards(tmp_path, make_npy_dir, backend):
+    src, labels, partition, _ = make_npy_dir(n=16)
+    out = tmp_path / "out"
+    shardfeed.convert(src, out, labels=labels, partition=partition, format=backend, chunk_rows=4)
+    old = shardfeed.open_store(out)  # index and labels loaded, no shard opened yet
+    gen = DataGenerator(out, split="train", batch_size=4, labels="sparse")
+    relabeled = {k: (v + 1) % 3 for k, v in json.loads(labels.read_text()).items()}
+    shardfeed.convert(src, out, labels=relabeled, partition=partition, format=backend, chunk_rows=4, overwrite=True)
+    with pytest.raises(shardfeed.StoreReplacedError, match="replaced .* since it was opened; reopen it"):
+        old.read([0])
+    with pytest.raises(shardfeed.StoreReplacedError):
+        gen[0]
+    fresh = shardfeed.open_store(out)
+    assert fresh.labels.tolist() == [relabeled[i] for i in fresh.ids]
+    fresh.read([0])
+
+
+def test_worker_processes_of_a_generator_opened_before_an_overwrite_refuse_it(tmp_path, make_npy_dir):
+    src, labels, partition, _ = make_npy_dir(n=16)
+    out = tmp_path / "out"
+    shardfeed.convert(src, out, labels=labels, partition=partition, chunk_rows=4)
+    gen = DataGenerator(out, split="train", batch_size=4, workers=2, use_multiprocessing=True)
+    shardfeed.convert(src, out, labels=labels, partition=partition, chunk_rows=2, overwrite=True)
+    gen.on_epoch_begin()
+    with gen, pytest.raises(shardfeed.StoreReplacedError):
+        gen[0]

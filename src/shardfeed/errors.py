@@ -64,5 +64,9 @@ class DiskFullError(ShardfeedError, OSError):
     """The output's file system is full, or a file-size limit was reached."""
 
 
+class StoreReplacedError(StoreFormatError):
+    """The store was converted again (`--overwrite`) after it was opened: its index no longer fits its shards."""
+
+
 class TransformError(ShardfeedError, RuntimeError):
     """A `transform` failed or returned the wrong shape; the message names the sample and the epoch."""

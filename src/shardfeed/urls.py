@@ -61,6 +61,15 @@ class RemoteLocation:
     def exists(self, name: str = "") -> bool:
         return self.fs.exists(self / name if name else self.path)
 
+    def stamp(self, name: str) -> tuple:
+        """What tells this object from the next one written at `name`: its ETag (or modification
+        time where the file system has no ETag) and size, fresh from the server, not from a cache."""
+        path = self / name
+        self.fs.invalidate_cache(path)
+        info = self.fs.info(path)
+        version = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified", "created") if k in info), None)
+        return str(version), info.get("size")
+
     def size(self, name: str) -> int:
         return self.fs.size(self / name)
 

@@ -22,6 +22,7 @@ from ..errors import (
     ChecksumError,
     ShardNotFoundError,
     StoreFormatError,
+    StoreReplacedError,
     UnknownIDError,
     UnknownSplitError,
 )
@@ -29,6 +30,7 @@ from ..urls import RemoteLocation, is_url, local_root
 from .backends import ShardReader, get_backend
 from .backends.rawchunks import ROW_COPY_MIN_BYTES
 from .files import checksum
+from .format import MANIFEST_NAME
 from .index import Index, load_index, load_remote_index
 from .manifest import Manifest, load_manifest, load_remote_manifest
 
@@ -56,11 +58,13 @@ class Store:
         if is_url(path):
             self.location: RemoteLocation | None = RemoteLocation(str(path), storage_options)
             self.path: Path | str = self.location.url
+            self._manifest_stamp = self._stamp_manifest()
             self.manifest: Manifest = load_remote_manifest(self.location)
             self._index: Index = load_remote_index(self.location, self.manifest)
         else:
             self.location = None
             self.path = local_root(path)
+            self._manifest_stamp = self._stamp_manifest()
             self.manifest = load_manifest(self.path)
             self._index = load_index(self.path, self.manifest)
         self._shard_starts = self.manifest.shard_starts
@@ -243,9 +247,37 @@ class Store:
             with self._lock:
                 reader = self._readers.get(shard)
                 if reader is None:
-                    reader = self._open_reader(shard)
+                    try:
+                        reader = self._open_reader(shard)
+                    except (StoreFormatError, ShardNotFoundError):
+                        self._check_not_replaced(None)  # a shard of the next conversion is not "corrupt"
+                        raise
+                    self._check_not_replaced(reader)
                     self._readers[shard] = reader
         return reader
+
+    def _stamp_manifest(self) -> tuple | str | None:
+        """What tells this manifest from the next one: each conversion writes it anew (a new file, a new
+        object). Local: inode, size and modification time; at a URL: ETag and size."""
+        try:
+            if self.location is None:
+                info = os.stat(self.path / MANIFEST_NAME)
+                return info.st_ino, info.st_size, info.st_mtime_ns
+            return self.location.stamp(MANIFEST_NAME)
+        except FileNotFoundError:
+            return None  # no store (yet): opening it says so
+
+    def _check_not_replaced(self, reader: ShardReader | None) -> None:
+        """After a shard is opened, the manifest must be the one this store was opened with: `convert
+        --overwrite` removes the manifest before it touches a shard, so a shard of another conversion
+        never passes for one of this index (its IDs, labels and checksums)."""
+        if self._stamp_manifest() != self._manifest_stamp:
+            if reader is not None:
+                reader.close()
+            raise StoreReplacedError(
+                f"{self.path}: the store was replaced (converted again) since it was opened; reopen it "
+                f"(open_store, or a new DataGenerator) to read the new one"
+            )
 
     def _open_reader(self, shard: int) -> ShardReader:
         info = self.manifest.shards[shard]
