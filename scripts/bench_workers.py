@@ -14,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import shardfeed
 from shardfeed.bench.harness import format_table
-from shardfeed.bench.workers import available_cores, cpu_model, fit_workers
+from shardfeed.bench.machine import cpu_line
+from shardfeed.bench.workers import fit_workers
 from shardfeed.inputs.demo import make_tutorial_dataset
 
 
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
         out = Path(tmp) / "demo.zarr"
         shardfeed.convert(data, out, labels=labels, partition=partition, workers=2)
         store = shardfeed.open_store(out)
-        print(f"cpu: {cpu_model()}, {available_cores()} cores; {args.samples} samples of 128 KiB, batch 64")
+        print(f"cpu: {cpu_line()}; {args.samples} samples of 128 KiB, batch 64")
         results = fit_workers(store, list(store.ids), workers=args.workers)
         print(format_table(results, markdown=True))
     return 0

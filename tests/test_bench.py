@@ -164,7 +164,7 @@ def test_full_benchmark_tiniest_profile_writes_markdown(tmp_path):
     assert len(verdicts) == 9 and all(re.search(r"\| (PASS|MISS)( \(noisy run\))? \|$", v) for v in verdicts)
     assert "| small: HDF5 (global) >= 50x tutorial |" in text
     cpu = [line for line in lines if line.startswith("- cpu: ")]
-    assert len(cpu) == 1 and re.fullmatch(r"- cpu: .+, \d+ logical CPUs", cpu[0])
+    assert len(cpu) == 1 and re.fullmatch(r"- cpu: .+, \d+ logical CPUs \(\d+ available\)", cpu[0])
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
     if model:

@@ -132,7 +132,7 @@ def test_a_store_opened_before_an_overwrite_refuses_the_new_shards(tmp_path, mak
     gen = DataGenerator(out, split="train", batch_size=4, labels="sparse")
     relabeled = {k: (v + 1) % 3 for k, v in json.loads(labels.read_text()).items()}
     shardfeed.convert(src, out, labels=relabeled, partition=partition, format=backend, chunk_rows=4, overwrite=True)
-    with pytest.raises(shardfeed.StoreReplacedError, match="replaced .* since it was opened; reopen it"):
+    with pytest.raises(shardfeed.StoreReplacedError, match=r"replaced .* since it was opened; reopen it"):
         old.read([0])
     with pytest.raises(shardfeed.StoreReplacedError):
         gen[0]

@@ -155,13 +155,14 @@ def test_a_worker_process_shares_the_slots():
 
 
 def test_the_memory_has_no_name_left():
-    assert ring_files() == []
+    gc.collect()
+    before = ring_files()  # batches of earlier tests' generators may still be alive
     ring = SlotRing(SPECS, slots=2)
     files = ring_files()
-    assert files and all(file.endswith("(deleted)") for file in files), files
+    assert len(files) > len(before) and all(file.endswith("(deleted)") for file in files), files
     assert not [name for name in os.listdir("/dev/shm") if name.startswith("shardfeed")]
     ring.close()
-    assert ring_files() == []
+    assert ring_files() == before
 
 
 def test_too_little_memory_is_a_one_line_error_at_creation():

@@ -27,10 +27,10 @@ def small_conv3d(input_shape, num_classes, optimizer=None) -> keras.Model:
 
 
 def test_trains_to_real_accuracy_with_worker_processes(demo_store):
-    train = DataGenerator(demo_store, split="train", batch_size=32, seed=0, workers=2, use_multiprocessing=True)
     val = DataGenerator(demo_store, split="validation", batch_size=64, shuffle=False)
-    model = small_conv3d(train.store.sample_shape, train.store.num_classes)
-    history = model.fit(train, validation_data=val, epochs=6, verbose=0)
+    with DataGenerator(demo_store, split="train", batch_size=32, seed=0, workers=2, use_multiprocessing=True) as train:
+        model = small_conv3d(train.store.sample_shape, train.store.num_classes)
+        history = model.fit(train, validation_data=val, epochs=6, verbose=0)
     assert history.history["val_accuracy"][-1] > 0.9, history.history
     # Chance is 1/6: the model learned the class patterns from the store's bytes.
 

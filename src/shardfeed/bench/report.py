@@ -33,6 +33,7 @@ import numpy as np
 from ..version import __version__
 from .goals import Goal, evaluate, goals_table
 from .harness import MiB, format_table
+from .machine import cpu_line, proc_field
 from .profiles import ProfileReport, Say, make_profiles, quiet, run_profile
 
 COMMAND = "python scripts/bench.py"
@@ -44,13 +45,6 @@ COMMAND = "python scripts/bench.py"
 def environment(workdir: Path, repo: Path | None = None) -> dict[str, str]:
     """The machine, the packages and the checkout (`git describe` of `repo`, when given)."""
 
-    def first(path: str, key: str) -> str:
-        try:
-            with open(path) as f:
-                return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key))
-        except (OSError, StopIteration):
-            return "?"
-
     described = "?"
     if repo is not None:
         command = ["git", "-C", str(repo), "describe", "--always", "--dirty"]
@@ -58,8 +52,8 @@ def environment(workdir: Path, repo: Path | None = None) -> dict[str, str]:
         described = git.stdout.strip() or "?"
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{first('/proc/cpuinfo', 'model name')}, {os.cpu_count()} logical CPUs",
-        "memory": _gib(first("/proc/meminfo", "MemTotal")),
+        "cpu": cpu_line(),
+        "memory": _gib(proc_field("/proc/meminfo", "MemTotal")),
         "system": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         "packages": f"shardfeed {__version__} ({described}), numpy {np.__version__}, "
         f"h5py {_version('h5py')} (HDF5 {_hdf5_version()}), zarr {_version('zarr')}, "

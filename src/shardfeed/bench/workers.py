@@ -8,8 +8,6 @@ rebuilt every epoch, every batch pickled back through a pipe.
 
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 
@@ -64,15 +62,3 @@ def fit_workers(store: Store, ids: list[str], batch_size: int = 64, workers: int
         set_ratios(group, None, group[0])
         results += group
     return results
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0))
