@@ -13,6 +13,7 @@ import pytest
 import shardfeed
 from shardfeed import DataGenerator, OptionError
 from shardfeed.cli import main
+from shardfeed.storage.inspection import describe
 
 
 def test_overwrite_refuses_an_src_inside_out_and_keeps_the_inputs(tmp_path, make_npy_dir, capsys):
@@ -150,3 +151,41 @@ def test_worker_processes_of_a_generator_opened_before_an_overwrite_refuse_it(tm
     gen.on_epoch_begin()
     with gen, pytest.raises(shardfeed.StoreReplacedError):
         gen[0]
+
+
+def test_a_stray_integer_label_is_refused_before_anything_is_written(tmp_path, make_npy_dir, capsys):
+    src, labels_path, _, _ = make_npy_dir(n=4, num_classes=2)
+    labels = json.loads(labels_path.read_text())
+    labels[next(iter(labels))] = 5_000_000
+    stray = tmp_path / "stray.json"
+    stray.write_text(json.dumps(labels))
+    assert main(["convert", str(src), str(tmp_path / "out"), "--labels", str(stray), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "label 5000000" in err and "5000001 classes for 3 distinct labels" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_histograms_only_the_labels_present(tmp_path, make_npy_dir):
+    src, _, _, _ = make_npy_dir(n=4, num_classes=None)
+    ids = sorted(p.stem for p in src.glob("*.npy"))
+    labels = dict(zip(ids, [0, 2, 2, 900]))  # 901 classes, 3 present: allowed, and cheap to show
+    shardfeed.convert(src, tmp_path / "out", labels=labels)
+    summary = describe(shardfeed.open_store(tmp_path / "out"))
+    assert summary["num_classes"] == 901
+    assert summary["label_histogram"] == {"all": {"0": 1, "2": 2, "900": 1}}
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_labels_from_a_device_are_refused(tmp_path, make_npy_dir, device, capsys):
+    src, _, _, _ = make_npy_dir(n=4)
+    assert main(["convert", str(src), str(tmp_path / "out"), "--labels", device, "--quiet"]) == 1
+    assert "not a regular file or a pipe" in capsys.readouterr().err
+
+
+def test_labels_may_come_from_a_pipe(tmp_path, make_npy_dir):
+    src, labels, _, _ = make_npy_dir(n=4)
+    command = (f"{sys.executable} -m shardfeed.cli convert {src} {tmp_path / 'out'} --quiet "
+               f"--labels <(cat {labels})")  # fmt: skip
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert shardfeed.open_store(tmp_path / "out").labels is not None

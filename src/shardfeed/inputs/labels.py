@@ -5,12 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from ..errors import InputError
 from ..urls import is_url, local_root, url_fs
 
 MAX_LABEL = 2**31 - 1  # labels become one-hot vectors of max(label) + 1 entries
+MAX_TEXT_BYTES = 2**30  # a labels or partition file; more is not a file of labels (/dev/zero is endless)
+# Integer labels are class numbers: far more classes than distinct labels is a stray value, which
+# would make every one-hot batch and every histogram that wide.
+SPARSE_CLASSES = 1024
 
 
 def read_labels(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, int | str]:
@@ -65,7 +71,15 @@ def encode_labels(
         if huge:
             raise InputError(f"labels: ID {huge[0]!r} has label {labels[huge[0]]}; integer labels "
                              f"are class numbers from 0 to {MAX_LABEL}")  # fmt: skip
-        return {i: labels[i] for i in ids}, None, max(values) + 1
+        num_classes, distinct = max(values) + 1, len(set(values))
+        if num_classes > max(SPARSE_CLASSES, 100 * distinct):
+            top = max(ids, key=lambda i: labels[i])
+            raise InputError(
+                f"labels: ID {top!r} has label {labels[top]}, so there would be {num_classes} classes for "
+                f"{distinct} distinct labels; integer labels are class numbers from 0 (a stray value?): "
+                f"number the classes 0-{distinct - 1}, or give class names as strings"
+            )
+        return {i: labels[i] for i in ids}, None, num_classes
     if all(isinstance(v, str) for v in values):
         class_names = sorted(set(values))
         code = {name: k for k, name in enumerate(class_names)}
@@ -84,10 +98,26 @@ def _read_text(path: str | os.PathLike, what: str, storage_options: dict | None)
             fs, fs_path = url_fs(str(path), storage_options)
             data = fs.cat_file(fs_path)
         else:
-            data = local_root(path).read_bytes()
+            data = _read_local(local_root(path), what)
         return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read {what}: {exc}") from exc
+
+
+def _read_local(path: Path, what: str) -> bytes:
+    """A regular file or a pipe (`<(...)`), at most MAX_TEXT_BYTES; never a device."""
+    fd = os.open(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        kind = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(kind) or stat.S_ISFIFO(kind)):
+            raise InputError(f"{path}: {what} is not a regular file or a pipe")
+        chunks, size = [], 0
+        while chunk := f.read(2**20):  # in pieces: read(n) would allocate n bytes up front
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_TEXT_BYTES:
+                raise InputError(f"{path}: {what} is larger than {MAX_TEXT_BYTES} bytes")
+    return b"".join(chunks)
 
 
 def _parse_json(text: str, path: str | os.PathLike, what: str):

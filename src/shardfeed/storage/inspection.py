@@ -16,10 +16,10 @@ def describe(store: Store) -> dict:
     histograms = None
     if store.labels is not None:
         histograms = {}
-        for name in m.splits:
-            counts = np.bincount(store.labels[store.split(name)], minlength=m.num_classes or 0)
-            names = store.class_names or [str(k) for k in range(len(counts))]
-            histograms[name] = {names[k]: int(c) for k, c in enumerate(counts)}
+        for name in m.splits:  # the labels present only: a crafted class count costs nothing
+            present, counts = np.unique(store.labels[store.split(name)], return_counts=True)
+            names = store.class_names
+            histograms[name] = {(names[k] if names else str(k)): int(c) for k, c in zip(present.tolist(), counts)}
     return {
         "path": str(store.path),
         "backend": m.backend,
