@@ -189,3 +189,15 @@ def test_labels_may_come_from_a_pipe(tmp_path, make_npy_dir):
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert shardfeed.open_store(tmp_path / "out").labels is not None
+
+
+def test_resume_state_restores_a_drawn_seed_but_not_over_a_chosen_one(small_store):
+    store, _ = small_store
+    first = DataGenerator(store, split="train", batch_size=4)  # seed=None: drawn
+    state = {**first.get_state(), "epoch": 1, "next_batch": 2}
+    again = DataGenerator(store, split="train", batch_size=4)  # another drawn seed
+    again.set_state(state)
+    np.testing.assert_array_equal(again[0][0], first.source.batch(1, 2)[0])
+    chosen = DataGenerator(store, split="train", batch_size=4, seed=3)
+    with pytest.raises(OptionError, match="seed"):
+        chosen.set_state(state)

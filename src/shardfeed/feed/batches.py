@@ -83,6 +83,7 @@ class BatchSource:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = secrets.randbits(63) if seed is None else int(seed)
+        self.seed_drawn = seed is None
         self.shuffle_mode = shuffle_mode
         self.labels = labels if self.store.labels is not None else None
         self.dtype = self.store.dtype if dtype is None else _numeric_dtype(dtype)
@@ -150,6 +151,14 @@ class BatchSource:
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} out of range [0, {self.num_batches})")
         return self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def adopt_seed(self, seed: int) -> None:
+        """Take a saved run's seed (a resume); only a seed drawn here, not one the caller chose."""
+        if not self.seed_drawn:
+            raise OptionError(f"saved state has seed {seed}, this generator {self.seed}; "
+                              f"create the generator with seed={seed} to resume")  # fmt: skip
+        with self._orders_lock:
+            self.seed, self._orders = int(seed), {}
 
     def specs(self) -> list[tuple[tuple[int, ...], np.dtype]]:
         """(shape, dtype) of each array of a full batch: `x`, then `y` when there are labels."""

@@ -136,11 +136,9 @@ class DataGenerator(keras.utils.PyDataset):
         return {"seed": self.seed, "epoch": self.epoch, "next_batch": self.start_batch + next_batch}
 
     def set_state(self, state: dict) -> None:
+        """Continue where `get_state` was taken; a generator whose seed was drawn takes the saved one."""
         if state["seed"] != self.seed:
-            raise OptionError(
-                f"saved state has seed {state['seed']}, this generator {self.seed}; "
-                f"create the generator with seed={state['seed']} to resume"
-            )
+            self.source.adopt_seed(state["seed"])
         self.cursor.move_to(int(state["epoch"]), int(state["next_batch"]))
 
 
