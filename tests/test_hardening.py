@@ -13,6 +13,7 @@ import pytest
 import shardfeed
 from shardfeed import DataGenerator, OptionError
 from shardfeed.cli import main
+from shardfeed.inputs.local import LocalFinder
 from shardfeed.storage.inspection import describe
 
 
@@ -201,3 +202,49 @@ def test_resume_state_restores_a_drawn_seed_but_not_over_a_chosen_one(small_stor
     chosen = DataGenerator(store, split="train", batch_size=4, seed=3)
     with pytest.raises(OptionError, match="seed"):
         chosen.set_state(state)
+
+
+def _rewrite_index(store_path, **arrays) -> None:
+    """Replace arrays of a store's index and re-seal it (a crafted store that passes its checksums)."""
+    import io
+
+    from shardfeed.storage.files import checksum
+
+    index_path, manifest_path = store_path / "index.npz", store_path / "manifest.json"
+    with np.load(index_path) as npz:
+        data = {k: npz[k] for k in npz.files}
+    data.update(arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **data)
+    index_path.write_bytes(buf.getvalue())
+    manifest = json.loads(manifest_path.read_text())
+    manifest["index_checksum"] = checksum(buf.getvalue())
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("bad_id", [b"../private/secret", b"a\\b", b".hidden", b"", b"tab\there", b"\xff\xfe"])
+def test_an_index_with_an_id_that_is_not_a_plain_name_is_refused(small_store, bad_id, capsys):
+    store, _ = small_store
+    ids = shardfeed.open_store(store)._index.ids.copy().astype(f"S{max(20, len(bad_id))}")
+    ids[0] = bad_id
+    _rewrite_index(store, ids=ids)
+    assert main(["verify", str(store), "--source", str(store.parent / "data")]) == 1
+    err = capsys.readouterr().err
+    assert "not plain file names" in err or "not UTF-8" in err
+
+
+def test_verify_source_never_follows_an_id_out_of_src(tmp_path):
+    secret = tmp_path / "private" / "secret.npy"
+    secret.parent.mkdir()
+    np.save(secret, np.zeros(3))
+    (found,) = LocalFinder(tmp_path / "private").find(["../private/secret"])
+    assert isinstance(found, shardfeed.InputError) and "plain file names inside SRC" in str(found)
+
+
+def test_an_index_listing_an_id_twice_is_refused_at_lookup(small_store):
+    store, _ = small_store
+    ids = shardfeed.open_store(store)._index.ids.copy()
+    ids[1] = ids[0]
+    _rewrite_index(store, ids=ids)
+    with pytest.raises(shardfeed.StoreFormatError, match="twice"):
+        shardfeed.open_store(store).rows([ids[2].decode()])

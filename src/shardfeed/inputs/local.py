@@ -9,11 +9,15 @@ from pathlib import Path
 
 from ..errors import InputError
 from .finder import Found
+from .ids import check_id
 from .npy import read_npy_header
 
 
 def resolve_sample_path(src_root: Path, sample_id: str) -> Path:
-    """Path of `<id>.npy`, refusing links that leave SRC and anything that is not a regular file."""
+    """Path of `<id>.npy`, refusing IDs that are not plain names (wherever they came from: a
+    partition, or a store's index for `verify --source`), links that leave SRC and anything that
+    is not a regular file."""
+    check_id(sample_id, str(src_root))
     path = src_root / f"{sample_id}.npy"
     try:
         info = os.lstat(path)

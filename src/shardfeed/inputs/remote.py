@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from ..errors import InputError
 from ..urls import RemoteLocation, url_fs
 from .finder import Found
+from .ids import check_id
 from .npy import MAX_HEADER_BYTES, npy_header_end, parse_npy_header
 
 HEAD_BYTES = 256  # numpy writes 128-byte headers for everyday shapes; longer ones take a second read
@@ -56,6 +57,10 @@ class RemoteFinder:
         return [self._found(i, heads.get(i)) for i in ids]
 
     def _found(self, sample_id: str, head: bytes | Exception | None) -> Found | InputError:
+        try:
+            check_id(sample_id, self.location.url)
+        except InputError as exc:
+            return exc
         url = self.location.url_of(f"{sample_id}.npy")
         where = f"{url}: sample {sample_id!r}"
         if head is None:

@@ -67,7 +67,11 @@ class Index:
         return index
 
     def check(self, manifest: Manifest, where: str) -> None:
-        """Refuse an index that disagrees with its manifest's splits, classes or labeling."""
+        """Refuse an index that disagrees with its manifest's splits, classes or labeling, or whose
+        IDs are not plain names."""
+        problem = _id_problem(self.ids)
+        if problem:
+            raise StoreFormatError(f"{where}: {problem}")
         codes, num_splits = self.split_codes, len(manifest.splits)
         if len(codes) and (codes.min() < 0 or codes.max() >= num_splits):
             raise StoreFormatError(f"{where}: split codes outside 0-{num_splits - 1}")
@@ -120,3 +124,23 @@ def parse_index(data: bytes, manifest: Manifest, path: str) -> Index:
 
 def load_remote_index(location: RemoteLocation, manifest: Manifest) -> Index:
     return parse_index(location.read_bytes(INDEX_NAME), manifest, location.url_of(INDEX_NAME))
+
+
+def _id_problem(ids: np.ndarray) -> str | None:
+    """The conversion's ID rule (`inputs.ids.check_id`), on the index's bytes at once: no empty or
+    hidden ID, no path separator, no control byte, valid UTF-8 (a crafted index once steered
+    `verify --source` to `../private/secret.npy`). Duplicates are refused by `Store` lookups."""
+    if len(ids) == 0:
+        return None
+    raw = ids.view(np.uint8).reshape(len(ids), ids.dtype.itemsize)  # NUL-padded on the right
+    bad = (raw == ord("/")) | (raw == ord("\\")) | ((raw < 0x20) & (raw != 0)) | (raw == 0x7F)
+    bad[:, :-1] |= (raw[:, :-1] == 0) & (raw[:, 1:] != 0)  # a NUL inside an ID
+    bad[:, 0] |= (raw[:, 0] == 0) | (raw[:, 0] == ord("."))
+    rows = np.flatnonzero(bad.any(axis=1))
+    if len(rows):
+        return f"{len(rows)} sample ID(s) are not plain file names, e.g. row {rows[0]}: {ids[rows[0]]!r}"
+    try:
+        b"\n".join(ids.tolist()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"sample IDs are not UTF-8: {exc}"
+    return None

@@ -128,7 +128,12 @@ class Store:
 
     @cached_property
     def _id_order(self) -> np.ndarray:
-        return np.argsort(self._index.ids, kind="stable")
+        order = np.argsort(self._index.ids, kind="stable")
+        ordered = self._index.ids[order]
+        twice = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if len(twice):  # a crafted index: a lookup would pick one of the rows silently
+            raise StoreFormatError(f"{self.path}: the index lists sample ID {ordered[twice[0]].decode()!r} twice")
+        return order
 
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """Rows of `ids` (O(log n) each); unknown IDs raise one KeyError naming them."""
