@@ -248,3 +248,25 @@ def test_an_index_listing_an_id_twice_is_refused_at_lookup(small_store):
     _rewrite_index(store, ids=ids)
     with pytest.raises(shardfeed.StoreFormatError, match="twice"):
         shardfeed.open_store(store).rows([ids[2].decode()])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [lambda m: m.update(splits=dict(zip(reversed(list(m["splits"])), m["splits"].values()))),
+     lambda m: m.update(class_names=["x", "y", "z"]),
+     lambda m: m.update(dtype="<i4")],
+    ids=["swapped-splits", "renamed-classes", "redeclared-dtype"],
+)  # fmt: skip
+def test_an_edited_manifest_fails_verify_and_a_verifying_open(tmp_path, make_npy_dir, edit, capsys):
+    src, labels, partition, _ = make_npy_dir(n=12)
+    store = tmp_path / "store"
+    shardfeed.convert(src, store, labels=labels, partition=partition)
+    assert main(["verify", str(store), "--quiet"]) == 0
+    path = store / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    assert main(["verify", str(store)]) == 1
+    assert "manifest.json: its content does not match its checksum" in capsys.readouterr().out
+    with pytest.raises(shardfeed.ChecksumError, match=r"manifest\.json does not match"):
+        shardfeed.open_store(store, verify=True)

@@ -20,6 +20,7 @@ from ..inputs.samples import SampleRef, read_samples
 from ..inputs.scan import open_finder
 from .backends import Layout, ShardReader
 from .files import checksum, file_checksum
+from .format import MANIFEST_NAME
 from .manifest import ShardInfo
 from .store import Store
 
@@ -64,6 +65,8 @@ def verify_store(
     report = VerifyReport()
     finder = None if source is None else open_finder(source, store.storage_options)
     manifest = store.manifest
+    if not manifest.content_intact:
+        report.bad_shards[MANIFEST_NAME] = "its content does not match its checksum (edited after conversion?)"
     layout = Layout(
         manifest.num_samples, manifest.sample_shape, manifest.np_dtype,
         manifest.chunk_rows, manifest.shard_rows, manifest.compression,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ class Manifest:
     converter: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    # CRC32 of everything above, as written (None in stores made before it existed): split names,
+    # class names or the dtype edited in manifest.json no longer pass `verify`.
+    content_checksum: int | None = None
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -91,10 +95,25 @@ class Manifest:
         """Shard number of each row (rows must be in range)."""
         return np.searchsorted(self.shard_starts, rows, side="right") - 1
 
-    def to_json(self) -> str:
+    def _content(self) -> dict[str, Any]:
         data = asdict(self)
         data["sample_shape"] = list(self.sample_shape)
         data["shards"] = [asdict(s) for s in self.shards]
+        data.pop("content_checksum")
+        return data
+
+    def computed_checksum(self) -> int:
+        """CRC32 of the manifest's content in a canonical form (sorted keys, no spaces)."""
+        return zlib.crc32(json.dumps(self._content(), sort_keys=True, separators=(",", ":")).encode())
+
+    @property
+    def content_intact(self) -> bool:
+        """False when the manifest was edited after it was written (True for unsigned old stores)."""
+        return self.content_checksum is None or self.content_checksum == self.computed_checksum()
+
+    def to_json(self) -> str:
+        """The manifest as written, signed with its content checksum."""
+        data = {**self._content(), "content_checksum": self.computed_checksum()}
         return json.dumps(data, indent=1, sort_keys=False)
 
     @classmethod
@@ -201,6 +220,7 @@ _MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
     "labeled": lambda v: type(v) is bool,
     "source": _is_dict,
     "converter": _is_dict,
+    "content_checksum": lambda v: v is None or _is_int(v),
 }
 _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "path": _is_str,
@@ -212,7 +232,7 @@ _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter"}
+_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter", "content_checksum"}
 
 
 def _check_fields(data: dict, fields: dict[str, Callable[[Any], bool]], where: str) -> None:

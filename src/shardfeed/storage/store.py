@@ -67,6 +67,9 @@ class Store:
             self._manifest_stamp = self._stamp_manifest()
             self.manifest = load_manifest(self.path)
             self._index = load_index(self.path, self.manifest)
+        if verify and not self.manifest.content_intact:
+            raise ChecksumError(f"{self.path}: {MANIFEST_NAME} does not match its content checksum "
+                                f"(edited after conversion?); run 'shardfeed verify {self.path}'")  # fmt: skip
         self._shard_starts = self.manifest.shard_starts
         self._large_rows = self.manifest.sample_nbytes >= ROW_COPY_MIN_BYTES  # copied one by one
         self._readers: dict[int, ShardReader] = {}
