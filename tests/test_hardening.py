@@ -270,3 +270,42 @@ def test_an_edited_manifest_fails_verify_and_a_verifying_open(tmp_path, make_npy
     assert "manifest.json: its content does not match its checksum" in capsys.readouterr().out
     with pytest.raises(shardfeed.ChecksumError, match=r"manifest\.json does not match"):
         shardfeed.open_store(store, verify=True)
+
+
+def _convert_with(tmp_path, make_npy_dir, labels_text: str | bytes, suffix: str, partition_text: str | None = None):
+    tmp_path.mkdir()
+    src, _, _, _ = make_npy_dir(n=4, num_classes=None, name=f"data-{tmp_path.name}")
+    labels = tmp_path / f"labels{suffix}"
+    labels.write_bytes(labels_text if isinstance(labels_text, bytes) else labels_text.encode())
+    args = ["convert", str(src), str(tmp_path / "out"), "--labels", str(labels), "--quiet"]
+    if partition_text is not None:
+        (tmp_path / "partition.json").write_text(partition_text)
+        args += ["--partition", str(tmp_path / "partition.json")]
+    return main(args)
+
+
+def test_label_parsing_cases(tmp_path, make_npy_dir, capsys):
+    ids = [f"id-{k}" for k in range(4)]
+    csv = "id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, ["1", "--5", "2", "0"]))
+    assert _convert_with(tmp_path / "a", make_npy_dir, csv, ".csv") == 1  # "--5" is a name, not a number
+    assert "has label '--5' (str); labels must be all integers or all strings" in capsys.readouterr().err
+    bom = "\ufeffid,label\n" + "".join(f"{i},{k % 2}\n" for k, i in enumerate(ids))
+    assert _convert_with(tmp_path / "b", make_npy_dir, bom.encode("utf-8"), ".csv") == 0
+    dup = '{"id-0": 1, "id-1": 0, "id-2": 1, "id-3": 0, "id-0": 0}'
+    assert _convert_with(tmp_path / "c", make_npy_dir, dup, ".json") == 1
+    assert "lists key 'id-0' twice" in capsys.readouterr().err
+    empty = json.dumps({"train": ids, "test": []})
+    assert _convert_with(tmp_path / "d", make_npy_dir, json.dumps(dict.fromkeys(ids, 0)), ".json", empty) == 1
+    assert "split 'test' lists no IDs" in capsys.readouterr().err
+
+
+def test_json_string_numbers_and_csv_numbers_are_the_same_class_numbers(tmp_path, make_npy_dir):
+    ids = [f"id-{k}" for k in range(4)]
+    values = ["10", "2", "10", "0"]
+    as_json = json.dumps(dict(zip(ids, values)))
+    as_csv = "id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, values))
+    assert _convert_with(tmp_path / "j", make_npy_dir, as_json, ".json") == 0
+    assert _convert_with(tmp_path / "c", make_npy_dir, as_csv, ".csv") == 0
+    stores = [shardfeed.open_store(tmp_path / name / "out") for name in ("j", "c")]
+    assert stores[0].labels.tolist() == stores[1].labels.tolist() == [10, 2, 10, 0]
+    assert stores[0].class_names is None and stores[1].class_names is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,7 +21,11 @@ SPARSE_CLASSES = 1024
 
 
 def read_labels(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, int | str]:
-    """Labels from a JSON object `{id: label}` or a CSV file with columns `id,label` (a path or URL)."""
+    """Labels from a JSON object `{id: label}` or a CSV file with columns `id,label` (a path or URL).
+
+    One rule for both: a label that spells an integer (`3`, `"3"`, `-1`) is a class number; any
+    other string is a class name (class names are then numbered in sorted order).
+    """
     text = _read_text(path, "labels", storage_options)
     if str(path).lower().endswith(".csv"):
         rows = list(csv.reader(text.splitlines()))
@@ -40,7 +45,7 @@ def read_labels(path: str | os.PathLike, storage_options: dict | None = None) ->
     data = _parse_json(text, path, "labels")
     if not isinstance(data, dict):
         raise InputError(f"{path}: labels must be a JSON object {{id: label}}, got {type(data).__name__}")
-    return data
+    return {k: int(v) if isinstance(v, str) and _is_int(v.strip()) else v for k, v in data.items()}
 
 
 def read_partition(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, list[str]]:
@@ -48,6 +53,9 @@ def read_partition(path: str | os.PathLike, storage_options: dict | None = None)
     data = _parse_json(_read_text(path, "partition", storage_options), path, "partition")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise InputError(f"{path}: partition must be a JSON object {{split: [ids]}}")
+    empty = [name for name, ids in data.items() if not ids]
+    if empty:
+        raise InputError(f"{path}: split {empty[0]!r} lists no IDs; remove it or give it samples")
     return data
 
 
@@ -99,7 +107,7 @@ def _read_text(path: str | os.PathLike, what: str, storage_options: dict | None)
             data = fs.cat_file(fs_path)
         else:
             data = _read_local(local_root(path), what)
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (spreadsheets write one) is not text
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read {what}: {exc}") from exc
 
@@ -121,12 +129,22 @@ def _read_local(path: Path, what: str) -> bytes:
 
 
 def _parse_json(text: str, path: str | os.PathLike, what: str):
+    def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+        data = dict(pairs)
+        if len(data) < len(pairs):
+            seen: set[str] = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise InputError(f"{path}: {what} lists key {twice!r} twice (JSON would keep only the last)")
+        return data
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except (ValueError, RecursionError) as exc:  # ValueError: also huge ints
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{path}: cannot read {what} JSON: {exc}") from exc
 
 
 def _is_int(text: str) -> bool:
-    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-    return text.lstrip("-").isascii() and text.lstrip("-").isdigit() and len(text) < 20
+    """An optional minus and ASCII digits (str.isdigit() also accepts "²", which int() refuses)."""
+    return re.fullmatch(r"-?[0-9]{1,19}", text) is not None
