@@ -295,8 +295,11 @@ def test_label_parsing_cases(tmp_path, make_npy_dir, capsys):
     assert _convert_with(tmp_path / "c", make_npy_dir, dup, ".json") == 1
     assert "lists key 'id-0' twice" in capsys.readouterr().err
     empty = json.dumps({"train": ids, "test": []})
-    assert _convert_with(tmp_path / "d", make_npy_dir, json.dumps(dict.fromkeys(ids, 0)), ".json", empty) == 1
-    assert "split 'test' lists no IDs" in capsys.readouterr().err
+    assert _convert_with(tmp_path / "d", make_npy_dir, json.dumps(dict.fromkeys(ids, 0)), ".json", empty) == 0
+    store = shardfeed.open_store(tmp_path / "d" / "out")
+    assert store.splits == {"train": 4, "test": 0} and len(store.split("test")) == 0  # kept, not dropped
+    with pytest.raises(OptionError, match="0 samples give no batch"):
+        DataGenerator(store, split="test")
 
 
 def test_json_string_numbers_and_csv_numbers_are_the_same_class_numbers(tmp_path, make_npy_dir):

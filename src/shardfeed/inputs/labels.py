@@ -53,9 +53,6 @@ def read_partition(path: str | os.PathLike, storage_options: dict | None = None)
     data = _parse_json(_read_text(path, "partition", storage_options), path, "partition")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise InputError(f"{path}: partition must be a JSON object {{split: [ids]}}")
-    empty = [name for name, ids in data.items() if not ids]
-    if empty:
-        raise InputError(f"{path}: split {empty[0]!r} lists no IDs; remove it or give it samples")
     return data
 
 

@@ -92,7 +92,7 @@ def scan_sources(
         label = None if encoded_labels is None else encoded_labels[sample_id]
         h = found.header
         samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset, found.stamp))
-    splits: dict[str, int] = {}
+    splits = dict.fromkeys(partition, 0)  # an empty split stays, with 0 samples: nothing dropped in silence
     for s in samples:
         splits[s.split] = splits.get(s.split, 0) + 1
     listed = {s.id for s in samples}
