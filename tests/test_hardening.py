@@ -312,3 +312,30 @@ def test_json_string_numbers_and_csv_numbers_are_the_same_class_numbers(tmp_path
     stores = [shardfeed.open_store(tmp_path / name / "out") for name in ("j", "c")]
     assert stores[0].labels.tolist() == stores[1].labels.tolist() == [10, 2, 10, 0]
     assert stores[0].class_names is None and stores[1].class_names is None
+
+
+def test_out_whose_parent_is_a_file_is_one_line(tmp_path, make_npy_dir, capsys):
+    src, _, _, _ = make_npy_dir(n=4)
+    (tmp_path / "file.txt").write_text("x")
+    assert main(["convert", str(src), str(tmp_path / "file.txt" / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "file.txt" in err and "Not a directory" in err
+
+
+@pytest.mark.parametrize("name", ["bad\nname", "\x1b[31mred", "rtl\u202eevil"])
+def test_split_and_class_names_with_control_characters_are_refused(tmp_path, make_npy_dir, name):
+    src, _, _, _ = make_npy_dir(n=4, num_classes=None)
+    ids = sorted(p.stem for p in src.glob("*.npy"))
+    with pytest.raises(shardfeed.InputError, match="control or format character"):
+        shardfeed.convert(src, tmp_path / "a", partition={name: ids})
+    with pytest.raises(shardfeed.InputError, match="control or format character"):
+        shardfeed.convert(src, tmp_path / "b", labels=dict.fromkeys(ids, name))
+
+
+def test_inspect_sample_json_is_strict(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "s.npy", np.array([1.0, np.nan, np.inf], dtype=np.float32))
+    shardfeed.convert(tmp_path / "data", tmp_path / "out")
+    assert main(["inspect", str(tmp_path / "out"), "--id", "s", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert info["min"] == info["max"] == info["mean"] == "nan"  # numpy propagates NaN

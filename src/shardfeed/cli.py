@@ -38,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader of our output has gone (`| head`): stop quietly, and let no flush at exit fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
+    except OSError as exc:  # creating, locking or reading a path the user named: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"shardfeed: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"shardfeed: interrupted{_resume_hint(args)}", file=sys.stderr)
         return EXIT_SIGINT

@@ -19,10 +19,23 @@ def check_id(sample_id: object, where: str) -> str:
         bad = "starts with '.' (hidden or parent-directory names are not sample IDs)"
     elif "/" in sample_id or "\\" in sample_id or os.sep in sample_id:
         bad = "contains a path separator"
-    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in sample_id):
+    elif has_control(sample_id):
         bad = "contains a control, format or surrogate character"
     elif len(sample_id.encode("utf-8", "surrogatepass")) > 200:
         bad = "is longer than 200 bytes"
     if bad:
         raise InputError(f"{where}: ID {sample_id!r} {bad}; IDs must be plain file names inside SRC")
     return sample_id
+
+
+def has_control(text: str) -> bool:
+    """Control, format (RTL overrides, zero-width), surrogate or line-separator characters: text a
+    terminal would act on rather than show."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in text)
+
+
+def check_name(name: str, what: str) -> str:
+    """A split or class name that prints as itself: no newline, ANSI escape or RTL override."""
+    if has_control(name):
+        raise InputError(f"{what} {name!r} contains a control or format character; names must print as they are")
+    return name

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..urls import is_url, local_root, url_fs
+from .ids import check_name
 
 MAX_LABEL = 2**31 - 1  # labels become one-hot vectors of max(label) + 1 entries
 MAX_TEXT_BYTES = 2**30  # a labels or partition file; more is not a file of labels (/dev/zero is endless)
@@ -86,7 +87,7 @@ def encode_labels(
             )
         return {i: labels[i] for i in ids}, None, num_classes
     if all(isinstance(v, str) for v in values):
-        class_names = sorted(set(values))
+        class_names = [check_name(name, "labels: class name") for name in sorted(set(values))]
         code = {name: k for k, name in enumerate(class_names)}
         return {i: code[labels[i]] for i in ids}, class_names, len(class_names)
     first_kind = type(values[0])

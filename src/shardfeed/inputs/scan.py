@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..urls import is_url, local_root
 from .finder import Found, SampleFinder
-from .ids import check_id
+from .ids import check_id, check_name
 from .labels import encode_labels
 from .local import LocalFinder
 from .remote import RemoteFinder
@@ -125,6 +125,7 @@ def _ordered_ids(partition: Mapping[str, Sequence[str]]) -> list[tuple[str, str]
     for split, ids in partition.items():
         if not isinstance(split, str) or not split:
             raise InputError(f"partition: split name {split!r} must be a non-empty string")
+        check_name(split, "partition: split name")
         for sample_id in ids:
             check_id(sample_id, f"partition[{split!r}]")
             if sample_id in seen:

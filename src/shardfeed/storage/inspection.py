@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .format import FORMAT_VERSION
@@ -92,12 +94,16 @@ def describe_sample(store: Store, sample_id: str) -> dict:
         "dtype": data.dtype.str,
         "min": _scalar(data.min()),
         "max": _scalar(data.max()),
-        "mean": float(data.mean()) if data.dtype.kind != "c" else str(data.mean()),
+        "mean": _scalar(data.mean()),
     }
 
 
 def _scalar(value):
-    return value.item() if np.isrealobj(value) else str(value)
+    """A JSON-safe number: complex and non-finite values (NaN, inf) as text, never bare NaN."""
+    value = value.item() if np.isrealobj(value) else value
+    if isinstance(value, complex) or (isinstance(value, float) and not math.isfinite(value)):
+        return str(value)
+    return value
 
 
 def _bytes_on_disk(store: Store) -> int:

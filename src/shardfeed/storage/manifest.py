@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreFormatError, StoreNotFinalizedError, StoreNotFoundError
+from ..inputs.ids import has_control
 from ..urls import RemoteLocation
 from .files import read_store_file
 from .format import (
@@ -171,6 +172,9 @@ class Manifest:
             problems.append("split sizes do not add up to num_samples")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        names = [*self.splits, *(self.class_names or [])]
+        if any(not name or has_control(name) for name in names):
+            problems.append("a split or class name is empty or holds control characters")
         if problems:
             raise StoreFormatError(f"{where}: inconsistent manifest: " + "; ".join(problems))
 
