@@ -339,3 +339,43 @@ def test_inspect_sample_json_is_strict(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "out"), "--id", "s", "--json"]) == 0
     info = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
     assert info["min"] == info["max"] == info["mean"] == "nan"  # numpy propagates NaN
+
+
+def test_resuming_with_worker_processes_running_uses_the_saved_seed(small_store):
+    store, _ = small_store
+    saved = DataGenerator(store, split="train", batch_size=4)
+    state = {**saved.get_state(), "epoch": 1, "next_batch": 1}
+    with DataGenerator(store, split="train", batch_size=4, workers=2, use_multiprocessing=True) as gen:
+        gen.on_epoch_begin()
+        gen[0]  # the workers are up, reading ahead with the generator's own drawn seed
+        gen.on_epoch_end()
+        gen.set_state(state)
+        gen.on_epoch_begin()
+        for i in range(len(gen)):
+            np.testing.assert_array_equal(gen[i][0], saved.source.batch(1, 1 + i)[0])
+
+
+UNGUARDED = """
+import sys
+import shardfeed
+
+def augment(x, rng):
+    return x
+
+gen = shardfeed.DataGenerator(sys.argv[1], split="train", batch_size=4, transform=augment, workers=2,
+                              use_multiprocessing=True)
+gen.on_epoch_begin()
+try:
+    gen[0]
+except shardfeed.WorkerDiedError as exc:
+    print(exc)
+"""
+
+
+def test_a_script_that_trains_at_its_top_level_gets_the_main_guard_advice(row_store, tmp_path):
+    store = row_store
+    script = tmp_path / "train.py"
+    script.write_text(UNGUARDED)
+    done = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'if __name__ == "__main__":' in done.stdout and "starting workers of its own" in done.stdout

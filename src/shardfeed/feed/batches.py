@@ -201,14 +201,15 @@ class BatchSource:
         """Read the stored samples, then transform each one into its row of `x` (cast to `dtype`)."""
         stored = self.store.read(rows, out=self._buffers.take((len(rows), *self.store.sample_shape), self.store.dtype))
         for i, row in enumerate(rows):
-            where = self._where(row, epoch)
-            out = apply(self.transform, stored[i], sample_rng(self.seed, epoch, int(row)), where)
+            out = apply(self.transform, stored[i], sample_rng(self.seed, epoch, int(row)),
+                        lambda row=row: self._where(row, epoch))  # fmt: skip
             if out.dtype.kind not in "biufc":
-                raise TransformError(f"transform returned dtype {out.dtype} for {where}; expected numbers")
+                raise TransformError(f"transform returned dtype {out.dtype} for {self._where(row, epoch)}; "
+                                     f"expected numbers")  # fmt: skip
             if out.shape != self.sample_shape:
                 raise TransformError(
-                    f"transform returned shape {out.shape} for {where}, expected {self.sample_shape} "
-                    f"(what it returned for the first sample); one shape for all samples"
+                    f"transform returned shape {out.shape} for {self._where(row, epoch)}, expected "
+                    f"{self.sample_shape} (what it returned for the first sample); one shape for all samples"
                 )
             np.copyto(x[i], out, casting="unsafe")
 

@@ -24,6 +24,7 @@ from ..errors import OptionError
 from ..storage.files import write_atomic
 from ..storage.store import Store
 from .batches import BatchSource
+from .launch import main_path
 from .readahead import ReadAhead
 from .schedule import EpochCursor
 from .transforms import Transform, check_sendable
@@ -123,7 +124,7 @@ class DataGenerator(keras.utils.PyDataset):
     def close(self) -> None:
         """Stop the worker threads or processes now (garbage collection and exit do it too)."""
         if self.read_ahead is not None:
-            self._closer()
+            self.read_ahead.close()
 
     def __enter__(self) -> DataGenerator:
         return self
@@ -139,18 +140,37 @@ class DataGenerator(keras.utils.PyDataset):
         """Continue where `get_state` was taken; a generator whose seed was drawn takes the saved one."""
         if state["seed"] != self.seed:
             self.source.adopt_seed(state["seed"])
+        if self.read_ahead is not None:
+            self.read_ahead.close()  # its workers hold the old seed and read ahead of the old position
         self.cursor.move_to(int(state["epoch"]), int(state["next_batch"]))
 
 
+MAX_DEFAULT_WORKERS = 8  # a default, not a limit: each worker is an interpreter with its own memory
+
+
 def _worker_defaults(transform: Transform | None, workers: int | None, processes: bool | None) -> tuple[int, bool]:
-    """Without a transform, batches are cheap: made in the trainer. With one, a process per core."""
+    """Without a transform, batches are cheap: made in the trainer. With one, a process per core (up
+    to 8), or threads for a transform that no fresh process can import (defined in a notebook)."""
     if workers is None:
-        workers = 1 if transform is None else len(os.sched_getaffinity(0))
+        workers = 1 if transform is None else min(_available_cores(), MAX_DEFAULT_WORKERS)
     if type(workers) is not int or workers < 1:
         raise OptionError(f"workers must be an integer >= 1, got {workers!r}")
+    interactive = transform is not None and getattr(transform, "__module__", None) == "__main__" and main_path() is None
     if processes is None:
-        processes = transform is not None and workers > 1
+        processes = transform is not None and workers > 1 and not interactive
+    elif processes and interactive:
+        raise OptionError(
+            f"transform {getattr(transform, '__qualname__', transform)!r} is defined in an interactive session, "
+            f"which worker processes cannot import; define it in a module, or use threads (use_multiprocessing=False)"
+        )
     return workers, bool(processes)
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class ResumeCallback(keras.callbacks.BackupAndRestore):

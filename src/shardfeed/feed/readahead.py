@@ -69,14 +69,23 @@ class ReadAhead:
     def get(self, key: Key) -> tuple[np.ndarray, ...]:
         """Batch `key`, and the reading of the batches after it started."""
         with self._lock:
-            if not self._pending or self._pending[0][0] != key:
-                self._drop_pending()
-                self._submit(key)
-            _, handle = self._pending.popleft()
-            self._top_up(key)
-            if self.processes and handle is None:
-                return self._in_trainer(key)
-            return handle.result() if isinstance(handle, cf.Future) else self._pool.get()
+            try:
+                return self._get(key)
+            except BaseException:
+                # Ctrl-C, a dead worker, a failed batch: results still in flight would come back one
+                # batch out of step with `_pending`, so the reading starts afresh at the next `get`.
+                self._stop()
+                raise
+
+    def _get(self, key: Key) -> tuple[np.ndarray, ...]:
+        if not self._pending or self._pending[0][0] != key:
+            self._drop_pending()
+            self._submit(key)
+        _, handle = self._pending.popleft()
+        self._top_up(key)
+        if self.processes and handle is None:
+            return self._in_trainer(key)
+        return handle.result() if isinstance(handle, cf.Future) else self._pool.get()
 
     @property
     def worker_pids(self) -> list[int]:
@@ -84,15 +93,18 @@ class ReadAhead:
         return [] if self._pool is None else self._pool.pids
 
     def close(self) -> None:
-        """Stop the workers; batches the trainer holds stay valid. Idempotent."""
+        """Stop the workers (the next `get` starts them again); batches the trainer holds stay valid."""
         with self._lock:
-            self._pending.clear()
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
-            if self._threads is not None:
-                self._threads.shutdown(wait=True, cancel_futures=True)
-                self._threads = None
+            self._stop()
+
+    def _stop(self) -> None:
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+            self._threads = None
 
     def _submit(self, key: Key) -> None:
         if not self.processes:

@@ -152,7 +152,7 @@ class SlotRing:
     def arrays(self, slot: int) -> tuple[np.ndarray, ...]:
         """Fresh writable views of `slot`'s arrays; each one's `.base` is the slot's owner."""
         if self._owners is None:
-            raise ValueError("this SlotRing is closed" if self._closed else "call attach() first in this process")
+            raise ValueError("this SlotRing is closed" if self._closed else "map it first: SlotRing.attach_fd")
         owner, offsets = self._owners[slot], [offset - self._offsets[slot][0] for offset in self._offsets[slot]]
         return tuple(
             owner[offset : offset + size].view(dtype).reshape(shape)

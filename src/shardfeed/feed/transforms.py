@@ -25,17 +25,18 @@ def sample_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=seed, counter=[0, 0, row, epoch]))
 
 
-def apply(transform: Transform, sample: np.ndarray, rng: np.random.Generator, where: str) -> np.ndarray:
-    """The transform's output as an array; any exception becomes a `TransformError` naming `where`."""
+def apply(transform: Transform, sample: np.ndarray, rng: np.random.Generator, where: Callable[[], str]) -> np.ndarray:
+    """The transform's output as an array; any exception becomes a `TransformError` naming `where()`
+    (called only then: naming a sample looks up its ID)."""
     try:
         return np.asarray(transform(sample, rng))
     except Exception as exc:  # whatever the user's function raises; its traceback is kept as the cause
-        raise TransformError(f"transform {_name(transform)} failed on {where}: {type(exc).__name__}: {exc}") from exc
+        raise TransformError(f"transform {_name(transform)} failed on {where()}: {type(exc).__name__}: {exc}") from exc
 
 
 def output_shape(transform: Transform, sample: np.ndarray, seed: int, row: int, where: str) -> tuple[int, ...]:
     """The shape the transform gives every sample, from one call on the first sample."""
-    out = apply(transform, sample, sample_rng(seed, 0, row), where)
+    out = apply(transform, sample, sample_rng(seed, 0, row), lambda: where)
     if out.dtype.hasobject or out.dtype.kind not in "biufc":
         raise TransformError(f"transform {_name(transform)} returned dtype {out.dtype} for {where}; expected numbers")
     return out.shape

@@ -104,13 +104,14 @@ class WorkerPool:
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        launch.refuse_in_worker()
+        payload = pickle.dumps(make_batch)  # before the ring: an unpicklable one fails here, holding nothing
         self._ring = SlotRing(ring_specs, 2 * workers + 2 if slots is None else slots)
         self._workers: list[_Worker] = []
         self._tasks: dict[int, _Task] = {}  # by sequence number, in submission order
         self._unsent: deque[int] = deque()  # submitted, waiting for a free slot
         self._next_seq = 0
         self._failure: WorkerDiedError | None = None
-        payload = pickle.dumps(make_batch)  # once, and here: an unpicklable one fails in the trainer
         # Never written: the workers see end of file once this process has closed it or is gone.
         alive_r, alive_w = os.pipe()
         self._shut_down = weakref.finalize(self, _shut_down, self._workers, alive_w, self._ring)
@@ -123,14 +124,15 @@ class WorkerPool:
             os.close(alive_r)  # only the workers read it
 
     def _start(self, payload: bytes, count: int, alive_r: int) -> None:
-        boot = pickle.dumps((self._ring.specs, self._ring.slots, launch.main_path(), payload))
-        for _ in range(count):
+        boot = pickle.dumps((self._ring.specs, self._ring.slots, launch.main_script(), payload))
+        for _ in range(count):  # all start first, so that their interpreters boot in parallel
             process, conn = launch.start(alive_r, self._ring.fd)
             self._workers.append(_Worker(process, process.pid, conn))
+        for worker in self._workers:
             try:
-                conn.send_bytes(boot)
+                worker.conn.send_bytes(boot)
             except OSError:  # it died at once
-                raise self._fail(self._workers[-1]) from None
+                raise self._fail(worker) from None
         while not all(worker.ready for worker in self._workers):
             self._wait()
 
@@ -141,6 +143,7 @@ class WorkerPool:
 
     def has_free_slot(self) -> bool:
         """Whether a batch submitted now gets a slot at once (none is still held by the caller)."""
+        self._check_open()
         return self._ring.has_free_slot()
 
     def submit(self, key: object) -> None:
@@ -285,6 +288,8 @@ def _shut_down(workers: list[_Worker], alive_w: int, ring: SlotRing) -> None:
 def serve(conn_fd: int, alive_fd: int, ring_fd: int) -> None:
     """A worker (see `launch`): fill the slot of each task until the pool closes or the trainer is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in (conn_fd, alive_fd):  # a process the transform starts must not hold them open
+        os.set_inheritable(fd, False)
     threading.Thread(target=_exit_with_trainer, args=(alive_fd,), name="exit-with-trainer", daemon=True).start()
     conn = connection.Connection(conn_fd)
     try:
@@ -293,7 +298,7 @@ def serve(conn_fd: int, alive_fd: int, ring_fd: int) -> None:
         try:
             make_batch = launch.load(payload, script)
         except Exception as exc:  # whatever unpickling the user's objects raises
-            conn.send(f"{type(exc).__name__}: {exc}")
+            conn.send(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             os._exit(1)
         conn.send(None)  # ready
         while True:

@@ -80,6 +80,8 @@ class Store:
         state = self.__dict__.copy()
         state["_readers"] = {}
         state["_lock"] = None
+        for cached in ("ids", "_id_order"):  # rebuilt on demand: a worker need not receive millions of IDs
+            state.pop(cached, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
