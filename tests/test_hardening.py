@@ -379,3 +379,19 @@ def test_a_script_that_trains_at_its_top_level_gets_the_main_guard_advice(row_st
     done = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'if __name__ == "__main__":' in done.stdout and "starting workers of its own" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("fmt", "shape", "dtype", "expected"),
+    [("hdf5", (1,) * 32, "float32", "HDF5 datasets hold at most 31"),
+     ("zarr", (2,), "longdouble", "Zarr v3 has no float128"),
+     ("zarr", (2,), "clongdouble", "Zarr v3 has no complex256")],
+)  # fmt: skip
+def test_what_a_backend_cannot_store_is_refused_before_out_exists(tmp_path, fmt, shape, dtype, expected, capsys):
+    (tmp_path / "data").mkdir()
+    for k in range(2):
+        np.save(tmp_path / "data" / f"s{k}.npy", np.ones(shape, dtype=dtype))
+    assert main(["convert", str(tmp_path / "data"), str(tmp_path / "out"), "--format", fmt, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "sample 's0'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

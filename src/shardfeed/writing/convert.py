@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ..errors import OptionError
+from ..errors import InputError, OptionError
 from ..inputs.labels import read_labels, read_partition
 from ..inputs.scan import SourceSet, scan_sources
 from ..storage.backends import Layout, get_backend
@@ -71,6 +71,10 @@ def convert(
         partition = read_partition(partition, storage_options)
     sources = scan_sources(src, labels, partition, storage_options)
     layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
+    problem = backend.unstorable(layout.sample_shape, layout.dtype)
+    if problem:
+        first = sources.samples[0]
+        raise InputError(f"{first.path}: sample {first.id!r} (and every sample) has {problem}")
     if on_start:
         on_start(sources, layout)
 

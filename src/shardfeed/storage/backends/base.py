@@ -87,6 +87,10 @@ class Backend(ABC):
     def shard_path(self, layout: Layout, shard: int) -> str:
         """Path of shard number `shard`, relative to the store root."""
 
+    def unstorable(self, sample_shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+        """Why this backend cannot store such samples, or None: asked while validating, before OUT exists."""
+        return None
+
     def prepare(self, root: Path, layout: Layout) -> None:  # noqa: B027 - most backends need nothing
         """Create whatever shards share (the driver calls this once, before any writer)."""
 

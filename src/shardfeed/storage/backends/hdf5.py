@@ -23,11 +23,18 @@ from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard, copy_
 from .rawchunks import RawChunkReader, zlib_decoder
 
 DATASET = "x"
+MAX_HDF5_RANK = 32
 GZIP_LEVEL = 4
 
 
 class HDF5Backend(Backend):
     name = "hdf5"
+
+    def unstorable(self, sample_shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+        # docstring inherited
+        if len(sample_shape) + 1 > MAX_HDF5_RANK:  # the row axis counts
+            return f"{len(sample_shape)} dimensions; HDF5 datasets hold at most {MAX_HDF5_RANK - 1} per sample"
+        return None
 
     def shard_path(self, layout: Layout, shard: int) -> str:
         # docstring inherited

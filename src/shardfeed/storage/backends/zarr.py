@@ -37,6 +37,12 @@ MAX_METADATA_BYTES = 1 << 20
 class ZarrBackend(Backend):
     name = "zarr"
 
+    def unstorable(self, sample_shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+        # docstring inherited
+        if (dtype.kind == "f" and dtype.itemsize > 8) or (dtype.kind == "c" and dtype.itemsize > 16):
+            return f"dtype {dtype.str}; Zarr v3 has no {dtype.name} (store float64 / complex128, or use --format hdf5)"
+        return None
+
     def shard_path(self, layout: Layout, shard: int) -> str:
         # docstring inherited
         return "/".join([ARRAY, "c", str(shard), *["0"] * len(layout.sample_shape)])
