@@ -395,3 +395,13 @@ def test_what_a_backend_cannot_store_is_refused_before_out_exists(tmp_path, fmt,
     err = capsys.readouterr().err
     assert expected in err and "sample 's0'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("address", ["nonsense://nowhere", "tcp://127.0.0.1:9"])
+def test_an_unreachable_scheduler_is_one_line_and_leaves_no_out(tmp_path, make_npy_dir, address, capsys):
+    pytest.importorskip("dask.distributed")
+    src, _, _, _ = make_npy_dir(n=4)
+    assert main(["convert", str(src), str(tmp_path / "out"), "--scheduler", address, "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"cannot reach the Dask scheduler at {address}" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ written under a temporary name and renamed only when complete, the redo is safe.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 from ..errors import OptionError
@@ -23,30 +24,33 @@ def _distributed():
     return dask.distributed
 
 
-def run_on_dask(
-    tasks: list[ShardTask],
-    progress: Callable[[int], None] | None,
-    *,
-    client=None,
-    scheduler: str | None = None,
-    workers: int = 1,
-) -> Iterator[ShardRecord]:
-    """Yield each shard's record as its task finishes on the cluster."""
+@contextlib.contextmanager
+def dask_client(client=None, scheduler: str | None = None, workers: int = 1) -> Iterator[object | None]:
+    """The client to run shard tasks on: the caller's, a LocalCluster's ("local"), or one connected
+    to `scheduler` now, so that an unreachable or malformed address fails before OUT is touched.
+    None when the tasks run locally."""
+    if client is not None or scheduler is None:
+        yield client
+        return
     distributed = _distributed()
-    if client is not None:
-        yield from _submit(distributed, client, tasks, progress)
-    elif scheduler == "local":
+    if scheduler == "local":
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None)  # fmt: skip
         with cluster, distributed.Client(cluster) as own_client:
-            yield from _submit(distributed, own_client, tasks, progress)
-    else:
-        try:
-            own_client = distributed.Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise OptionError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
-        with own_client:
-            yield from _submit(distributed, own_client, tasks, progress)
+            yield own_client
+        return
+    try:
+        own_client = distributed.Client(scheduler, timeout="20s")
+    except (OSError, ValueError, TypeError) as exc:  # refused, timed out, or not an address
+        raise OptionError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+    with own_client:
+        yield own_client
+
+
+def run_on_dask(tasks: list[ShardTask], progress: Callable[[int], None] | None, client) -> Iterator[ShardRecord]:
+    """Yield each shard's record as its task finishes on the cluster."""
+    distributed = _distributed()
+    yield from _submit(distributed, client, tasks, progress)
 
 
 def _submit(distributed, client, tasks, progress) -> Iterator[ShardRecord]:

@@ -20,7 +20,7 @@ from ..storage.backends import Layout, get_backend
 from ..storage.format import COMPRESSIONS
 from ..storage.manifest import Manifest
 from ..urls import is_url, local_root
-from .cluster import run_on_dask
+from .cluster import dask_client, run_on_dask
 from .local import convert_local
 from .plan import DEFAULT_SHARD_SIZE, choose_layout, make_tasks, parse_size
 from .pool import ProgressCallback, run_tasks
@@ -78,15 +78,16 @@ def convert(
     if on_start:
         on_start(sources, layout)
 
-    def run(todo: list[ShardTask]) -> Iterator[ShardRecord]:
-        return _shard_records(todo, workers, progress, client, scheduler)
+    with dask_client(client, scheduler, workers) as cluster:  # a scheduler is reached before OUT is touched
 
-    if is_url(out):
+        def run(todo: list[ShardTask]) -> Iterator[ShardRecord]:
+            return run_tasks(todo, workers, progress) if cluster is None else run_on_dask(todo, progress, cluster)
+
         tasks = make_tasks(sources, layout, format, out, storage_options)
-        return convert_remote(out, sources, layout, backend, tasks, storage_options=storage_options,
-                              overwrite=overwrite, resume=resume, run=run)  # fmt: skip
-    tasks = make_tasks(sources, layout, format, out, storage_options)
-    return convert_local(out, sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume)
+        if is_url(out):
+            return convert_remote(out, sources, layout, backend, tasks, storage_options=storage_options,
+                                  overwrite=overwrite, resume=resume, run=run)  # fmt: skip
+        return convert_local(out, sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume)
 
 
 def _check_options(format: str, compression: str, workers: int, *, overwrite: bool, resume: bool) -> None:
@@ -115,9 +116,3 @@ def _refuse_inputs_inside(out: Path, src, labels, partition) -> None:
     if not is_url(src) and root.parent == Path(os.path.realpath(local_root(src))) and root.name.endswith(".npy"):
         raise OptionError(f"{out}: OUT would be scanned as a sample of SRC {src}; give it a name not ending in .npy")
 
-
-def _shard_records(tasks: list[ShardTask], workers: int, progress, client, scheduler):
-    """Run the shard tasks on a Dask cluster when one is given, else locally."""
-    if client is not None or scheduler is not None:
-        return run_on_dask(tasks, progress, client=client, scheduler=scheduler, workers=workers)
-    return run_tasks(tasks, workers, progress)
