@@ -405,3 +405,10 @@ def test_an_unreachable_scheduler_is_one_line_and_leaves_no_out(tmp_path, make_n
     err = capsys.readouterr().err.strip()
     assert f"cannot reach the Dask scheduler at {address}" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_storage_options_are_one_line(capsys):
+    pytest.importorskip("s3fs")
+    assert main(["inspect", "s3://shardfeed-nowhere/x.zarr", "--storage-options", '{"bogus_key": 1}']) == 1
+    err = capsys.readouterr().err.strip()
+    assert "storage options not understood" in err and "bogus_key" in err and len(err.splitlines()) == 1

@@ -29,7 +29,10 @@ class RemoteLocation:
         self.storage_options = dict(storage_options or {})
         self._fs = None
         self._fs_pid = -1
-        self.fs  # noqa: B018 - fail now on a bad URL, not at the first read
+        try:
+            self.fs.exists(self.path)  # fail now on a bad URL or bad options, not at the first read
+        except TypeError as exc:  # fsspec passes unknown options on to the file system's session
+            raise OptionError(f"{self.url}: storage options not understood ({exc}); check --storage-options") from exc
 
     @property
     def fs(self):
@@ -87,7 +90,7 @@ def url_fs(url: str, storage_options: dict | None = None) -> tuple[Any, str]:
 
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError) as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # no such protocol, a bad URL, unknown options
         raise OptionError(f"{url}: cannot open this URL ({exc}); for s3:// pip install 'shardfeed[s3]'") from exc
 
 
