@@ -89,10 +89,3 @@ class EpochCursor:
         """The (epoch, batch) after `key` in the generator's sequence: what to read ahead."""
         epoch, batch = key
         return (epoch, batch + 1) if batch + 1 < self.num_batches else (epoch + 1, 0)
-
-    def next_in_order(self) -> tuple[int, int]:
-        """The batch the next in-order request will get."""
-        with self._lock:
-            if len(self._served) == self.remaining:
-                return self.epoch + 1, 0
-            return self.epoch, self.start + len(self._served)
