@@ -68,5 +68,9 @@ class StoreReplacedError(StoreFormatError):
     """The store was converted again (`--overwrite`) after it was opened: its index no longer fits its shards."""
 
 
+class RemoteError(ShardfeedError, OSError):
+    """A remote file system could not be reached or refused a request (no server, no credentials)."""
+
+
 class TransformError(ShardfeedError, RuntimeError):
     """A `transform` failed or returned the wrong shape; the message names the sample and the epoch."""

@@ -7,12 +7,15 @@ fsspec, with credentials and endpoint from the usual environment (`AWS_ACCESS_KE
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OptionError
+from .errors import OptionError, RemoteError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -30,7 +33,7 @@ class RemoteLocation:
         self._fs = None
         self._fs_pid = -1
         try:
-            self.fs.exists(self.path)  # fail now on a bad URL or bad options, not at the first read
+            self.fs.exists(self.path)  # fail now on a bad URL, bad options or no server, not at the first read
         except TypeError as exc:  # fsspec passes unknown options on to the file system's session
             raise OptionError(f"{self.url}: storage options not understood ({exc}); check --storage-options") from exc
 
@@ -89,9 +92,46 @@ def url_fs(url: str, storage_options: dict | None = None) -> tuple[Any, str]:
     import fsspec.core
 
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ImportError, ValueError, TypeError) as exc:  # no such protocol, a bad URL, unknown options
         raise OptionError(f"{url}: cannot open this URL ({exc}); for s3:// pip install 'shardfeed[s3]'") from exc
+    return ReportingFileSystem(fs, url), path
+
+
+@contextlib.contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """A client library's own exceptions (botocore's EndpointConnectionError, NoCredentialsError,
+    ...) become one `RemoteError` naming the URL. OSErrors (fsspec's FileNotFoundError,
+    PermissionError), TypeErrors (unknown options) and our own errors pass unchanged."""
+    try:
+        yield
+    except (OSError, TypeError, OptionError, RemoteError):
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RemoteError(f"{url}: {reason}") from exc
+
+
+class ReportingFileSystem:
+    """An fsspec file system whose every call fails with `remote_errors`: one mechanism for every
+    remote operation, wherever in shardfeed it is made."""
+
+    def __init__(self, fs: Any, url: str) -> None:
+        self._fs, self._url = fs, url
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_fs", "_url"):  # unpickling looks these up before __init__
+            raise AttributeError(name)
+        attr = getattr(self._fs, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with remote_errors(self._url):
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def local_root(path: str | os.PathLike) -> Path:
