@@ -412,3 +412,45 @@ def test_unknown_storage_options_are_one_line(capsys):
     assert main(["inspect", "s3://shardfeed-nowhere/x.zarr", "--storage-options", '{"bogus_key": 1}']) == 1
     err = capsys.readouterr().err.strip()
     assert "storage options not understood" in err and "bogus_key" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("side", ["out", "src"])
+def test_an_unreachable_s3_endpoint_is_one_line_naming_the_url_and_leaves_no_out(tmp_path, make_npy_dir, side,
+                                                                                  monkeypatch, capsys):  # fmt: skip
+    pytest.importorskip("s3fs")
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    src, _, _, _ = make_npy_dir(n=4)
+    url = "s3://shardfeed-nowhere/data" if side == "src" else "s3://shardfeed-nowhere/out.zarr"
+    argv = ["convert", url, str(tmp_path / "out")] if side == "src" else ["convert", str(src), url]
+    assert main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"shardfeed: error: {url}: Could not connect to the endpoint") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+CONVERTS_AT_TOP_LEVEL = """
+import sys
+import numpy as np
+import shardfeed
+
+for k in range(8):
+    np.save(f"{sys.argv[1]}/s{k}.npy", np.full(100, k, np.float32))
+try:
+    shardfeed.convert(sys.argv[1], sys.argv[2], workers=2, chunk_rows=2, shard_size=800)
+except shardfeed.OptionError as exc:
+    print(exc)
+"""
+
+
+def test_a_script_that_converts_at_its_top_level_with_workers_gets_the_main_guard_advice(tmp_path):
+    script, src = tmp_path / "pack.py", tmp_path / "src"
+    script.write_text(CONVERTS_AT_TOP_LEVEL)
+    src.mkdir()
+    done = subprocess.run([sys.executable, str(script), str(src), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'under `if __name__ == "__main__":`' in done.stdout and "called again while a worker" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in src.iterdir()) == [f"s{k}.npy" for k in range(8)]  # the worker converted nothing

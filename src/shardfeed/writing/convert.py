@@ -23,7 +23,7 @@ from ..urls import is_url, local_root
 from .cluster import dask_client, run_on_dask
 from .local import convert_local
 from .plan import DEFAULT_SHARD_SIZE, choose_layout, make_tasks, parse_size
-from .pool import ProgressCallback, run_tasks
+from .pool import ProgressCallback, refuse_in_worker, run_tasks
 from .remote import convert_remote
 from .shardtask import ShardRecord, ShardTask
 
@@ -60,6 +60,7 @@ def convert(
     `progress(n)` is called with the number of samples written since its last call;
     `on_start(sources, layout)` once every input is validated, before anything is written.
     """
+    refuse_in_worker()
     backend = get_backend(format)
     _check_options(format, compression, workers, overwrite=overwrite, resume=resume)
     if not is_url(out):

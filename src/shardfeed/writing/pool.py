@@ -13,13 +13,33 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
-from ..errors import WorkerDiedError
+from ..errors import OptionError, WorkerDiedError
 from .shardtask import ShardRecord, ShardTask, write_shard
 
 ProgressCallback = Callable[[int], None]
+
+# Set while workers start: spawn re-runs the driver's main script in each worker (as `__mp_main__`),
+# and a script that converts at its top level would convert again there. Its value is a file the
+# worker writes the reason into, so the driver can say it instead of "a worker died".
+IN_WORKER = "SHARDFEED_CONVERT_WORKER"
+UNGUARDED = (
+    'convert(workers=N) was called again while a worker process ran the main script: put the code that '
+    'converts under `if __name__ == "__main__":` (worker processes are spawned and import the main script)'
+)
+
+
+def refuse_in_worker() -> None:
+    """Called first thing by `convert`: a worker importing the main script converts nothing, and ends
+    at once, without a traceback: the driver reports why, in one line."""
+    report = os.environ.get(IN_WORKER)
+    if report:
+        Path(report).write_text(UNGUARDED)
+        os._exit(1)
 
 
 def run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback | None):
@@ -33,13 +53,13 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback |
     context = multiprocessing.get_context("spawn")
     with _starting_workers():  # this starts multiprocessing's resource tracker process
         shared = context.Value("q", 0)
-    with cf.ProcessPoolExecutor(
+    with tempfile.NamedTemporaryFile(prefix="shardfeed-worker-") as report, cf.ProcessPoolExecutor(
         min(workers, len(tasks)), mp_context=context, initializer=_init_worker,
         initargs=(shared, os.getpid()),
     ) as pool:  # fmt: skip
         reported = 0
         try:
-            with _starting_workers():  # workers start (and stay) deaf to Ctrl-C, even while importing
+            with _starting_workers(), _environment(IN_WORKER, report.name):  # workers start deaf to Ctrl-C
                 pending = {pool.submit(_write_shard_in_worker, t) for t in tasks}
             while pending:
                 finished, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
@@ -51,6 +71,8 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback |
                     try:
                         record = future.result()
                     except cf.process.BrokenProcessPool as exc:
+                        if Path(report.name).read_text():
+                            raise OptionError(UNGUARDED) from None
                         raise WorkerDiedError(
                             "a conversion worker process died (killed, for example by the OOM "
                             "killer); finished shards are kept: run the same command with --resume"
@@ -111,7 +133,23 @@ def _starting_workers():
             os.kill(os.getpid(), signal.SIGTERM)  # the usual handler runs now, at a safe point
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """`name=value` in the environment that processes started now inherit."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def _init_worker(shared, driver_pid: int) -> None:
+    os.environ.pop(IN_WORKER, None)  # this worker is up: what it runs from now on may convert
+
     global _worker_counter
     _worker_counter = _SharedCounter(shared)
     _die_with_driver(driver_pid)
