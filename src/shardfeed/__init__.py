@@ -9,6 +9,7 @@ from __future__ import annotations
 from .errors import (
     ChecksumError,
     InputError,
+    MissingDependencyError,
     OptionError,
     RemoteError,
     ShardfeedError,
@@ -21,6 +22,7 @@ from .errors import (
     UnknownIDError,
     UnknownSplitError,
     WorkerDiedError,
+    missing_extra,
 )
 from .feed.sampling import epoch_order
 from .storage.integrity import verify_store
@@ -35,7 +37,11 @@ def __getattr__(name: str):
     if name in _LAZY:
         from importlib import import_module
 
-        return getattr(import_module(_LAZY[name], __name__), name)
+        try:
+            module = import_module(_LAZY[name], __name__)
+        except ModuleNotFoundError as exc:  # Keras, or the backend it is set to use, is not installed
+            raise missing_extra(exc) from None
+        return getattr(module, name)
     raise AttributeError(f"module 'shardfeed' has no attribute {name!r}")
 
 
@@ -43,6 +49,7 @@ __all__ = [
     "ChecksumError",
     "DataGenerator",
     "InputError",
+    "MissingDependencyError",
     "OptionError",
     "RemoteError",
     "ResumeCallback",

@@ -74,3 +74,25 @@ class RemoteError(ShardfeedError, OSError):
 
 class TransformError(ShardfeedError, RuntimeError):
     """A `transform` failed or returned the wrong shape; the message names the sample and the epoch."""
+
+
+class MissingDependencyError(ShardfeedError, ImportError):
+    """An optional framework or library is not installed; the message names the extra that brings it."""
+
+
+# What `pip install 'shardfeed[EXTRA]'` brings each optional top-level module.
+EXTRA_OF = {
+    "keras": "tensorflow", "tensorflow": "tensorflow", "jax": "jax", "jaxlib": "jax", "torch": "torch",
+    "grain": "grain", "matplotlib": "show", "dask": "dask", "distributed": "dask", "s3fs": "s3",
+}  # fmt: skip
+
+
+def missing_extra(exc: ModuleNotFoundError) -> MissingDependencyError | ModuleNotFoundError:
+    """The one-line error for an optional module that is not installed (`exc` itself for any other module)."""
+    top = (exc.name or "").partition(".")[0]
+    if top not in EXTRA_OF:
+        return exc
+    extra = EXTRA_OF[top]
+    choice = " (or [jax] or [torch]: the Keras backend you train with)" if top == "keras" else ""
+    return MissingDependencyError(f"{top} is not installed: pip install 'shardfeed[{extra}]'{choice}")
+

@@ -28,6 +28,8 @@ def bench_store(
     `tmpdir` and removed afterwards. With `fit`, also time `model.fit` of a trivial model from
     the store and from the same samples held in memory (imports Keras).
     """
+    if fit:  # Keras first: a missing framework is said now, not after the reads were timed
+        from .fit import fit_in_memory_vs_store
     store = open_store(path)
     source = BatchSource(store, split=split, batch_size=batch_size, shuffle_mode=shuffle, seed=0)
     nbytes = store.manifest.sample_nbytes
@@ -44,8 +46,6 @@ def bench_store(
         results = measure_readers(readers, nbytes, seconds=seconds)
         set_ratios(results, None, results[0])
     if fit:
-        from .fit import fit_in_memory_vs_store  # imports Keras: only for --fit
-
         results += fit_in_memory_vs_store(store, source, fit_samples)
     store.close()
     return results
