@@ -7,6 +7,7 @@ load them on first use.
 from __future__ import annotations
 
 from .errors import (
+    CallError,
     ChecksumError,
     InputError,
     MissingDependencyError,
@@ -46,6 +47,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CallError",
     "ChecksumError",
     "DataGenerator",
     "InputError",

@@ -20,6 +20,10 @@ class OptionError(ShardfeedError, ValueError):
     """A conversion or reading option is invalid or unsupported by the chosen backend."""
 
 
+class CallError(ShardfeedError, TypeError):
+    """A function was called with arguments of the wrong kind (say, the Keras tutorial's generator call)."""
+
+
 class StoreExistsError(ShardfeedError, FileExistsError):
     """The output path exists and --overwrite was not given (or it is not ours to delete)."""
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import OptionError, TransformError
+from ..errors import CallError, OptionError, TransformError
 from ..storage.store import Store, open_store
 from .buffers import BufferPool
 from .sampling import MODES, epoch_order, host_share_from_env, num_batches
@@ -66,6 +67,7 @@ class BatchSource:
             env_rank, env_world = host_share_from_env()
             rank = env_rank if rank is None else rank
             world_size = env_world if world_size is None else world_size
+        _refuse_the_tutorials_call(store, split)
         self.store = store if isinstance(store, Store) else open_store(store, storage_options=storage_options)
         if split is not None and ids is not None:
             raise OptionError("give either split or ids, not both")
@@ -86,6 +88,7 @@ class BatchSource:
         self.seed_drawn = seed is None
         self.shuffle_mode = shuffle_mode
         self.labels = labels if self.store.labels is not None else None
+        self._warn_about_surprises(split, ids, labels)
         self.dtype = self.store.dtype if dtype is None else _numeric_dtype(dtype)
         self.drop_remainder = drop_remainder
         self.rank = rank
@@ -105,6 +108,17 @@ class BatchSource:
             first = self.rows[0]
             sample = self.store.read(self.rows[:1])[0]
             self.sample_shape = output_shape(transform, sample, self.seed, int(first), self._where(first, 0))
+
+    def _warn_about_surprises(self, split: str | None, ids: Sequence[str] | None, labels: str | None) -> None:
+        """What trains without complaint but is rarely meant: every split at once, or no targets."""
+        if split is None and ids is None and len(self.store.splits) > 1:
+            names, first = ", ".join(self.store.splits), next(iter(self.store.splits))
+            message = f"using all {len(self.rows)} samples of its splits {names} together; pass split='{first}'"
+            warnings.warn(f"{self.store.path}: {message} to use one", stacklevel=3)
+        if labels is not None and self.labels is None:
+            message = "Keras' fit needs targets: convert with --labels, or pass labels=None to say you mean it"
+            warnings.warn(f"{self.store.path}: the store has no labels, so batches are inputs only ({message})",
+                          stacklevel=3)  # fmt: skip
 
     def _select(self, split: str | None, ids: Sequence[str] | None) -> np.ndarray:
         if ids is not None:
@@ -227,3 +241,17 @@ def _numeric_dtype(dtype: str | np.dtype) -> np.dtype:
         raise OptionError(f"dtype {dtype!r} cannot hold samples; use a numeric dtype such as 'float32', "
                           f"or None for the stored dtype")  # fmt: skip
     return parsed
+
+
+def _refuse_the_tutorials_call(store: object, split: object) -> None:
+    """The Keras tutorial's generator takes `(list_IDs, labels)`: say what to call instead."""
+    if isinstance(store, (str, os.PathLike, Store)):
+        return
+    if isinstance(store, Sequence) or isinstance(split, Mapping):
+        raise CallError(
+            "DataGenerator takes a store, not the tutorial's (list_IDs, labels): convert the .npy files once "
+            "(shardfeed convert data/ store.zarr --labels labels.json --partition partition.json), then call "
+            "DataGenerator('store.zarr', split='train') or DataGenerator('store.zarr', ids=partition['train'])"
+        )
+    raise CallError(f"store must be a path or a shardfeed Store, got {type(store).__name__}")
+
