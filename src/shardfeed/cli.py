@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .errors import ShardfeedError
+from .errors import ShardfeedError, missing_extra
 from .version import __version__
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
@@ -33,6 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args) or 0
     except ShardfeedError as exc:
         print(f"shardfeed: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ModuleNotFoundError as exc:  # an optional framework (bench --fit, show): name its extra
+        missing = missing_extra(exc)
+        if missing is exc:
+            raise
+        print(f"shardfeed: error: {missing}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader of our output has gone (`| head`): stop quietly, and let no flush at exit fail.
@@ -93,8 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--id", dest="sample_id", help="show one sample")
     p.add_argument("--shards", action="store_true", help="list shards")
+    p.add_argument("--plot", metavar="FILE", help="also draw the label histogram per split into FILE "
+                   "(.png, .pdf or .svg; needs the 'show' extra); default: no picture")  # fmt: skip
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_inspect)
+
+    p = commands.add_parser("show", help="draw samples (ID and label as titles) and the label histogram per split")
+    p.add_argument("store")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--id", dest="sample_ids", nargs="+", action="extend", metavar="ID",
+                      help="draw these samples (default: -n samples chosen at random with --seed)")  # fmt: skip
+    pick.add_argument("--split", help="choose the samples from this split (default: from the whole store)")
+    p.add_argument("-n", type=int, default=16, help="how many samples to choose without --id (default: 16)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the choice: the same seed draws the same samples (default: 0)")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="picture to write, as .png, .pdf or .svg by its suffix (needs the 'show' extra)")  # fmt: skip
+    _storage_options_flag(p)
+    p.set_defaults(run=_cmd_show)
 
     p = commands.add_parser("verify", help="check every sample against its checksum")
     p.add_argument("store")
@@ -190,6 +212,10 @@ def _cmd_inspect(args) -> int:
     from .storage.store import open_store
 
     store = open_store(args.store, storage_options=args.storage_options)
+    if args.plot is not None:  # drawn first: a missing extra or a bad suffix fails before any output
+        from .storage.pictures import write_histograms
+
+        write_histograms(store, args.plot)
     if args.sample_id is not None:
         info = describe_sample(store, args.sample_id)
         print(json.dumps(info, indent=1) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
@@ -199,6 +225,17 @@ def _cmd_inspect(args) -> int:
         print(json.dumps(summary, indent=1))
     else:
         print(format_summary(summary, show_shards=args.shards))
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from .storage.pictures import choose_rows, write_samples
+    from .storage.store import open_store
+
+    store = open_store(args.store, storage_options=args.storage_options)
+    rows = choose_rows(store, ids=args.sample_ids, split=args.split, n=args.n, seed=args.seed)
+    write_samples(store, rows, args.output)
+    print(f"{args.output}: {len(rows)} sample(s) of {args.store} and its label histogram per split")
     return 0
 
 
