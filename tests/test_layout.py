@@ -22,8 +22,10 @@ RANKS = {
     "storage": 3,
     "writing": 4, "feed": 4,
     "bench": 5,
-    "cli": 6, "__init__": 6,
+    "cli": 6, "__init__": 6, "torch": 6, "grain": 6,
 }  # fmt: skip
+# Public modules named after the framework they serve; they only re-export the feed's adapters.
+ADAPTER_MODULES = ("shardfeed.torch", "shardfeed.grain")
 # The feed trains; the benchmark, above it, times `model.fit` against the tutorial's generator.
 FRAMEWORKS = ("keras", "tensorflow", "jax", "torch", "grain")
 FRAMEWORK_WINGS = ("feed", "bench")
@@ -114,6 +116,13 @@ def test_frameworks_are_imported_only_where_training_happens(name):
     frameworks = imports_of(name)[1] & set(FRAMEWORKS)
     if wing(name) not in FRAMEWORK_WINGS:
         assert frameworks == set(), f"{name} imports {sorted(frameworks)}"
+
+
+@pytest.mark.parametrize("name", ADAPTER_MODULES)
+def test_adapter_modules_import_only_the_feed(name):
+    ours, others = imports_of(name)
+    assert ours and all(m.startswith("shardfeed.feed.") for m in ours), sorted(ours)
+    assert others <= {"__future__"}, sorted(others)
 
 
 def test_only_the_storage_backends_import_h5py_and_zarr():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,10 @@ class Store:
         path: the store directory.
         fast: read chunk bytes directly (default) rather than through h5py / zarr calls.
         verify: check each sample read against its CRC32 from the index (costs one CRC pass).
+
+    A store is also a sequence of its samples: `len(store)` rows, `store[i]` one sample (negative
+    `i` counts from the end), `store[i:j:k]` those rows from one `read`, for code that indexes
+    arrays (a framework's dataset, a notebook) and knows nothing of rows.
     """
 
     def __init__(
@@ -91,6 +96,19 @@ class Store:
 
     def __len__(self) -> int:
         return self.manifest.num_samples
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        """Sample `key`, or the samples of a slice of rows; in the stored dtype, as `read` gives them."""
+        if isinstance(key, slice):
+            return self.read(np.arange(*key.indices(len(self)), dtype=np.int64))
+        try:
+            row = operator.index(key)
+        except TypeError:
+            raise TypeError(f"a store is indexed by an integer or a slice, not {type(key).__name__}; "
+                            f"use read(rows) for a list of rows") from None  # fmt: skip
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"{self.path}: sample {row} out of range for {len(self)} samples")
+        return self.read([row % len(self)])[0]
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, backend={self.backend!r}, samples={len(self)})"
