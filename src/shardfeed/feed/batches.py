@@ -116,7 +116,7 @@ class BatchSource:
             message = f"using all {len(self.rows)} samples of its splits {names} together; pass split='{first}'"
             warnings.warn(f"{self.store.path}: {message} to use one", stacklevel=3)
         if labels is not None and self.labels is None:
-            message = "Keras' fit needs targets: convert with --labels, or pass labels=None to say you mean it"
+            message = "training needs targets: convert with --labels, or pass labels=None to say you mean it"
             warnings.warn(f"{self.store.path}: the store has no labels, so batches are inputs only ({message})",
                           stacklevel=3)  # fmt: skip
 
@@ -203,12 +203,7 @@ class BatchSource:
             stored = self._buffers.take(x.shape, self.store.dtype)
             np.copyto(x, self.store.read(rows, out=stored), casting="unsafe")
         if self.labels is not None:
-            y, labels = out[1][: len(rows)], self.store.labels[rows]
-            if self.labels == "onehot":
-                y[...] = 0.0
-                y[np.arange(len(rows)), labels] = 1.0
-            else:
-                y[...] = labels
+            encode_labels(self.store.labels[rows], self.labels, self.store.num_classes, out=out[1][: len(rows)])
         return len(rows)
 
     def _transformed(self, epoch: int, rows: np.ndarray, x: np.ndarray) -> None:
@@ -254,4 +249,18 @@ def _refuse_the_tutorials_call(store: object, split: object) -> None:
             "DataGenerator('store.zarr', split='train') or DataGenerator('store.zarr', ids=partition['train'])"
         )
     raise CallError(f"store must be a path or a shardfeed Store, got {type(store).__name__}")
+
+
+def encode_labels(labels: np.ndarray, mode: str, num_classes: int | None, out: np.ndarray | None = None) -> np.ndarray:
+    """Integer labels as `mode` gives them: "sparse" int64, or "onehot" float32 rows; into `out` if given."""
+    if mode == "sparse":
+        if out is None:
+            return labels.astype(np.int64)
+        out[...] = labels
+        return out
+    if out is None:
+        out = np.empty((len(labels), num_classes), dtype=np.float32)
+    out[...] = 0.0
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..storage.store import Store
-from .batches import BatchSource
+from .batches import BatchSource, encode_labels
 from .sampling import MODES
 
 
@@ -86,15 +86,6 @@ class StoreSource:
         if self.labels is None:
             return (x,)
         return x, encode_labels(self.store.labels[rows], self.labels, self.store.num_classes)
-
-
-def encode_labels(labels: np.ndarray, mode: str, num_classes: int | None) -> np.ndarray:
-    """Integer labels as `mode` gives them: "sparse" int64, or "onehot" float32 rows."""
-    if mode == "sparse":
-        return labels.astype(np.int64)
-    onehot = np.zeros((len(labels), num_classes), dtype=np.float32)
-    onehot[np.arange(len(labels)), labels] = 1.0
-    return onehot
 
 
 def shuffle_options(shuffle: bool | str) -> dict[str, Any]:
