@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from .errors import ShardfeedError, missing_extra
@@ -65,7 +66,9 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def _resume_hint(args) -> str:
-    """Only an interrupted conversion has something to resume."""
+    """Only an interrupted conversion has something to resume (an interrupted append left the store as it was)."""
+    if args.run is _cmd_append:
+        return "; the store is as it was before the append: run it again"
     return "; finish with --resume" if args.run is _cmd_convert else ""
 
 
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="store to create")
     p.add_argument("--labels", help="JSON {id: label} or CSV id,label")
     p.add_argument("--partition", help="JSON {split: [ids]}; default: every .npy in SRC, split 'all'")
+    p.add_argument("--ids", metavar="FILE", help="for a SRC that is one .npy of shape (N, ...): its rows' IDs, one "
+                   "per line or a .json list, N of them (default: row numbers, zero-padded: 00..99 for N=100)")
     p.add_argument("--format", choices=BACKEND_NAMES, default="zarr")
     p.add_argument("--chunk-rows", type=int, help="samples per chunk (default: about 256 KiB)")
     p.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="bytes per shard, e.g. 256MB")
@@ -93,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_convert)
+
+    p = commands.add_parser("append", help="add new samples to a local store, as new shards")
+    p.add_argument("store", help="the store to add to")
+    p.add_argument("src", help="folder of <ID>.npy files: new IDs only, the store's shape and dtype")
+    p.add_argument("--labels", help="JSON {id: label} or CSV id,label, in the store's classes")
+    p.add_argument("--partition", help="JSON {split: [ids]}: the split each new sample joins")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(run=_cmd_append)
 
     p = commands.add_parser("inspect", help="summarize a store")
     p.add_argument("store")
@@ -121,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("verify", help="check every sample against its checksum")
     p.add_argument("store")
     p.add_argument("--source", help="also compare each sample with SRC/<ID>.npy (a folder or URL)")
+    p.add_argument("--ids", metavar="FILE", help="with a --source that is one .npy: the --ids FILE it was "
+                   "converted with (default: row numbers)")
     p.add_argument("--quiet", action="store_true")
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_verify)
@@ -164,46 +180,73 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _cmd_convert(args) -> int:
-    import time
+class _WriteProgress:
+    """convert's and append's progress bar, made once the inputs are validated and counted."""
 
+    def __init__(self, quiet: bool, desc: str) -> None:
+        self.quiet, self.desc, self.bar, self.samples = quiet, desc, None, 0
+        self.started = time.perf_counter()
+
+    def on_start(self, sources, layout) -> None:
+        self.samples = len(sources.samples)
+        self.bar = _progress_bar(self.samples, self.quiet, desc=self.desc)
+        self.sample_nbytes = layout.sample_nbytes
+
+    def progress(self, n: int) -> None:
+        self.bar.update(n)
+        rate = self.bar.format_dict.get("rate") or 0
+        self.bar.set_postfix_str(f"{rate * self.sample_nbytes / 1e6:.0f} MB/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def report(self, where: str, manifest, src: str) -> None:
+        """The summary line, and a word on what the user may not have meant."""
+        seconds = time.perf_counter() - self.started
+        if not self.quiet:
+            n, mb = self.samples, self.samples * manifest.sample_nbytes / 1e6
+            splits = ", ".join(f"{k}={v}" for k, v in manifest.splits.items())
+            done = "" if self.desc == "convert" else f" appended, {manifest.num_samples} in all"
+            print(
+                f"{where}: {n} samples{done} ({splits}) in {len(manifest.shards)} {manifest.backend} shard(s), "
+                f"{seconds:.1f} s, {n / seconds:,.0f} samples/s, {mb / seconds:,.0f} MB/s"
+            )
+            unlisted = manifest.source.get("unlisted_files", 0)
+            if unlisted and self.desc == "convert":
+                print(f"note: {unlisted} .npy file(s) in {src} are not in the partition and were not converted")
+        if not manifest.labeled and self.desc == "convert":
+            print(f"shardfeed: warning: {where} has no labels (no --labels given): its batches are inputs only",
+                  file=sys.stderr)  # fmt: skip
+
+
+def _cmd_convert(args) -> int:
     from .writing.convert import convert
 
-    bar = None
-    started = time.perf_counter()
-
-    def on_start(sources, layout) -> None:
-        nonlocal bar
-        bar = _progress_bar(layout.num_samples, args.quiet, desc="convert")
-        bar.sample_nbytes = layout.sample_nbytes
-
-    def progress(n: int) -> None:
-        bar.update(n)
-        rate = bar.format_dict.get("rate") or 0
-        bar.set_postfix_str(f"{rate * bar.sample_nbytes / 1e6:.0f} MB/s", refresh=False)
-
+    bar = _WriteProgress(args.quiet, "convert")
     try:
         manifest = convert(
-            args.src, args.out, labels=args.labels, partition=args.partition, format=args.format,
+            args.src, args.out, labels=args.labels, partition=args.partition, ids=args.ids, format=args.format,
             chunk_rows=args.chunk_rows, shard_size=args.shard_size, compression=args.compression,
             workers=args.workers, overwrite=args.overwrite, resume=args.resume, scheduler=args.scheduler,
-            progress=progress, on_start=on_start, storage_options=args.storage_options,
+            progress=bar.progress, on_start=bar.on_start, storage_options=args.storage_options,
         )  # fmt: skip
     finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - started
-    if not args.quiet:
-        n = manifest.num_samples
-        mb = n * manifest.sample_nbytes / 1e6
-        splits = ", ".join(f"{k}={v}" for k, v in manifest.splits.items())
-        print(
-            f"{args.out}: {n} samples ({splits}) in {len(manifest.shards)} {manifest.backend} shard(s), "
-            f"{seconds:.1f} s, {n / seconds:,.0f} samples/s, {mb / seconds:,.0f} MB/s"
-        )
-        unlisted = manifest.source.get("unlisted_files", 0)
-        if unlisted:
-            print(f"note: {unlisted} .npy file(s) in {args.src} are not in the partition and were not converted")
+        bar.close()
+    bar.report(args.out, manifest, args.src)
+    return 0
+
+
+def _cmd_append(args) -> int:
+    from .writing.append import append
+
+    bar = _WriteProgress(args.quiet, "append")
+    try:
+        manifest = append(args.store, args.src, labels=args.labels, partition=args.partition, workers=args.workers,
+                          progress=bar.progress, on_start=bar.on_start)  # fmt: skip
+    finally:
+        bar.close()
+    bar.report(args.store, manifest, args.src)
     return 0
 
 
@@ -246,7 +289,7 @@ def _cmd_verify(args) -> int:
     store = open_store(args.store, storage_options=args.storage_options)
     bar = _progress_bar(len(store), args.quiet, "verify")
     try:
-        report = verify_store(store, args.source, progress=bar.update)
+        report = verify_store(store, args.source, progress=bar.update, ids=args.ids)
     finally:
         bar.close()
     for path, reason in report.bad_shards.items():

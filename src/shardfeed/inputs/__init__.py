@@ -1,4 +1,5 @@
-"""Inputs: scanning and validating per-ID `.npy` files, labels and partitions, local or at fsspec URLs.
+"""Inputs: scanning and validating samples (per-ID `.npy` files, a folder per class, one stacked `.npy`,
+one `.npz`), labels and partitions, local or at fsspec URLs.
 
 The lowest wing: it knows nothing of stores, conversion or training.
 """

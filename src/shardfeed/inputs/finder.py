@@ -1,4 +1,5 @@
-"""The interface of a sample finder: where `<id>.npy` files are, local (`local.py`) or at a URL (`remote.py`)."""
+"""The interface of a sample finder: where samples are, in a local folder (`local.py`), a folder per
+class (`classfolders.py`), one stacked `.npy` (`stacked.py`), one `.npz` (`npz.py`) or at a URL (`remote.py`)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,32 @@ from .npy import NpyHeader
 
 
 @dataclass(frozen=True)
+class Within:
+    """Where a sample lies in a file that holds several: an `.npz` member, or `index` along the first axis
+    of a stacked `.npy` of shape (`length`, *sample_shape). (Not a store row: that is the sample's place
+    in the store.)"""
+
+    member: str | None = None
+    index: int | None = None
+    length: int = 0
+
+
+@dataclass(frozen=True)
 class Found:
-    """A sample's file as a finder saw it: where it is, its checked header and its stamp."""
+    """A sample as a finder saw it: its file, its checked header (the sample's shape, the file's
+    dtype, order and data offset), its stamp, and where in the file it is when the file holds several."""
 
     path: Path | str
     header: NpyHeader
     stamp: tuple
+    within: Within | None = None
 
 
 class SampleFinder(Protocol):
-    """Where `<id>.npy` files are found: a local folder (`LocalFinder`) or an fsspec URL."""
+    """Where samples are found: a local folder (`LocalFinder`), a file holding many, or an fsspec URL."""
 
     def npy_names(self) -> list[str]:
-        """The IDs of every `.npy` file in SRC, sorted."""
+        """Every sample ID in SRC: sorted for a folder, in the file's order for a stacked `.npy` or an `.npz`."""
 
     def find(self, ids: Sequence[str]) -> Iterator[Found | InputError]:
         """For each ID in order, its file, or the error that names what is wrong with it."""

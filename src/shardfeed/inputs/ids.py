@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from collections.abc import Callable, Sequence
 
 from ..errors import InputError
 
@@ -26,6 +27,17 @@ def check_id(sample_id: object, where: str) -> str:
     if bad:
         raise InputError(f"{where}: ID {sample_id!r} {bad}; IDs must be plain file names inside SRC")
     return sample_id
+
+
+def check_id_list(ids: Sequence[object], where: Callable[[int], str]) -> list[str]:
+    """Check every ID of a list that names samples in order (`--ids`), and that none comes twice;
+    `where(k)` names entry k (a file's line, a list's index) in errors."""
+    checked = [check_id(sample_id, where(k)) for k, sample_id in enumerate(ids)]
+    first: dict[str, int] = {}
+    for k, sample_id in enumerate(checked):
+        if first.setdefault(sample_id, k) != k:
+            raise InputError(f"{where(k)}: ID {sample_id!r} is listed twice (also at {where(first[sample_id])})")
+    return checked
 
 
 def has_control(text: str) -> bool:

@@ -1,4 +1,5 @@
-"""Labels (`{id: label}` JSON or `id,label` CSV) and partitions (`{split: [ids]}` JSON), local or at URLs."""
+"""Labels (`{id: label}` JSON or `id,label` CSV), partitions (`{split: [ids]}` JSON) and ID lists
+(`--ids`: one ID per line, or a JSON list), local or at URLs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..urls import is_url, local_root, url_fs
-from .ids import check_name
+from .ids import check_id_list, check_name
 
 MAX_LABEL = 2**31 - 1  # labels become one-hot vectors of max(label) + 1 entries
 MAX_TEXT_BYTES = 2**30  # a labels or partition file; more is not a file of labels (/dev/zero is endless)
@@ -55,6 +56,17 @@ def read_partition(path: str | os.PathLike, storage_options: dict | None = None)
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise InputError(f"{path}: partition must be a JSON object {{split: [ids]}}")
     return data
+
+
+def read_id_list(path: str | os.PathLike, storage_options: dict | None = None) -> list[str]:
+    """IDs in order, one per line of a text file or a JSON list (a `.json` file), each checked, none twice."""
+    text = _read_text(path, "IDs", storage_options)
+    if str(path).lower().endswith(".json"):
+        ids = _parse_json(text, path, "IDs")
+        if not isinstance(ids, list):
+            raise InputError(f"{path}: IDs must be a JSON list of strings, got {type(ids).__name__}")
+        return check_id_list(ids, lambda k: f"{path}[{k}]")
+    return check_id_list(text.splitlines(), lambda k: f"{path}:{k + 1}")
 
 
 def encode_labels(

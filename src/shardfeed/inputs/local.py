@@ -13,16 +13,17 @@ from .ids import check_id
 from .npy import read_npy_header
 
 
-def resolve_sample_path(src_root: Path, sample_id: str) -> Path:
-    """Path of `<id>.npy`, refusing IDs that are not plain names (wherever they came from: a
-    partition, or a store's index for `verify --source`), links that leave SRC and anything that
-    is not a regular file."""
+def resolve_sample_path(src_root: Path, sample_id: str, folder: Path | None = None) -> Path:
+    """Path of `<id>.npy` in `folder` (default: SRC itself), refusing IDs that are not plain names
+    (wherever they came from: a partition, or a store's index for `verify --source`), links that
+    leave SRC and anything that is not a regular file."""
     check_id(sample_id, str(src_root))
-    path = src_root / f"{sample_id}.npy"
+    folder = folder or src_root
+    path = folder / f"{sample_id}.npy"
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        raise InputError(f"{path}: sample {sample_id!r} has no file (expected {sample_id}.npy in {src_root})") from None
+        raise InputError(f"{path}: sample {sample_id!r} has no file (expected {sample_id}.npy in {folder})") from None
     except OSError as exc:
         raise InputError(f"{path}: sample {sample_id!r}: {exc.strerror}") from exc
     if stat.S_ISLNK(info.st_mode):
@@ -45,7 +46,7 @@ class LocalFinder:
     def __init__(self, src: str | os.PathLike) -> None:
         self.root = Path(os.path.realpath(src))
         if not self.root.is_dir():
-            raise InputError(f"{src}: SRC is not a directory")
+            raise InputError(f"{src}: SRC is not a directory (nor a .npy or .npz file)")
         self._inodes: dict[tuple[int, int], str] = {}
 
     def npy_names(self) -> list[str]:
@@ -54,7 +55,7 @@ class LocalFinder:
     def find(self, ids: Sequence[str]) -> Iterator[Found | InputError]:
         for sample_id in ids:
             try:
-                path = resolve_sample_path(self.root, sample_id)
+                path = resolve_sample_path(self.root, sample_id, self._folder_of(sample_id))
                 header = read_npy_header(path, sample_id)
                 info = os.stat(path)
             except InputError as exc:
@@ -65,3 +66,7 @@ class LocalFinder:
                 yield InputError(f"{path}: samples {self._inodes[inode]!r} and {sample_id!r} are the same file")
                 continue
             yield Found(path, header, (info.st_size, info.st_mtime_ns))
+
+    def _folder_of(self, sample_id: str) -> Path:
+        """The folder holding `<id>.npy`: SRC itself here, the sample's class folder in `ClassFolderFinder`."""
+        return self.root

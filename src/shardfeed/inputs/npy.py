@@ -39,17 +39,27 @@ class NpyHeader:
     data_offset: int
 
 
-def read_npy_header(path: Path, sample_id: str) -> NpyHeader:
-    """Read and check one `.npy` header without loading data (and without following FIFOs)."""
+def read_npy_header(path: Path, sample_id: str | None) -> NpyHeader:
+    """Read and check one `.npy` header without loading data (and without following FIFOs).
+
+    `sample_id` is None for a file holding many samples (a stacked `.npy`): errors name the file only.
+    """
+    where = str(path) if sample_id is None else f"{path}: sample {sample_id!r}"
+    with open_regular(path, where) as f:
+        return parse_npy_header(f, where, os.fstat(f.fileno()).st_size)
+
+
+def open_regular(path: Path, where: str) -> BinaryIO:
+    """Open a regular file for reading: never through a link, never blocking on a FIFO or a device."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as exc:
-        raise InputError(f"{path}: sample {sample_id!r}: cannot open: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{path}: sample {sample_id!r}: not a regular file")
-        return parse_npy_header(f, f"{path}: sample {sample_id!r}", info.st_size)
+        raise InputError(f"{where}: cannot open: {exc.strerror}") from exc
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise InputError(f"{where}: not a regular file")
+    return f
 
 
 def parse_npy_header(f: BinaryIO, where: str, file_size: int) -> NpyHeader:

@@ -12,7 +12,7 @@ import io
 import posixpath
 from collections.abc import Iterator, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..urls import RemoteLocation, url_fs
 from .finder import Found
 from .ids import check_id
@@ -41,6 +41,8 @@ class RemoteFinder:
             for e in entries
             if e.get("type") == "file" and e["name"].endswith(".npy")
         }
+        if not self._entries and any(e.get("type") == "directory" for e in entries):
+            raise OptionError(f"{url}: holds folders but no .npy objects; a folder per class must be a local SRC")
 
     def npy_names(self) -> list[str]:
         return sorted(self._entries)

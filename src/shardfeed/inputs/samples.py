@@ -1,20 +1,30 @@
-"""Reading sample data from validated inputs into a caller's rows: local files or fetched URLs.
+"""Reading sample data from validated inputs into a caller's rows: local files, `.npz` members, rows
+of a stacked `.npy`, or fetched URLs.
 
-What was validated is what is copied: a file whose size changed since the scan is refused,
-naming the sample ID.
+What was validated is what is copied: before any data is copied the header is read again from the
+open file (or archive member) and must promise what the scan validated, and a file whose size
+changed since is refused, naming the sample ID. Consecutive rows of one stacked `.npy` are read in
+one call; a Fortran-ordered stack keeps each value's rows together, so a run of rows is read one
+value at a time (as many reads as a sample has values) and transposed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import InputError
 from ..urls import is_url
-from .npy import parse_npy_header
+from .finder import Within
+from .npy import NpyHeader, parse_npy_header
+from .npz import open_member
 from .remote import fetch_samples
 
 
@@ -26,58 +36,122 @@ class SampleRef:
     path: str
     data_offset: int
     fortran_order: bool
+    within: Within | None = None  # an `.npz` member or a row of a stacked `.npy`; None: the whole file
+
+    @property
+    def is_row(self) -> bool:
+        return self.within is not None and self.within.index is not None
 
 
 def read_samples(
     refs: Sequence[SampleRef], dest: np.ndarray, source_dtype: np.dtype, storage_options: dict | None = None
 ) -> None:
     """Fill the rows of `dest` with the samples of `refs`: from files, or fetched in one batch from URLs."""
-    if not refs or not is_url(refs[0].path):
-        for i, ref in enumerate(refs):
-            read_sample(ref, dest[i, ...], source_dtype)  # [i, ...]: a view even for 0-d samples
+    if refs and is_url(refs[0].path):
+        for i, (ref, raw) in enumerate(zip(refs, fetch_samples(refs, dest[0].nbytes, storage_options))):
+            _store(np.frombuffer(raw, dtype=source_dtype), dest[i, ...], ref.fortran_order)
         return
-    for i, (ref, raw) in enumerate(zip(refs, fetch_samples(refs, dest[0].nbytes, storage_options))):
-        _store(np.frombuffer(raw, dtype=source_dtype), dest[i, ...], ref.fortran_order)
+    start = 0
+    while start < len(refs):
+        stop = _run_end(refs, start)
+        _read_run(refs[start:stop], dest[start:stop], source_dtype)
+        start = stop
 
 
-def read_sample(ref: SampleRef, dest: np.ndarray, source_dtype: np.dtype) -> None:
-    """Read a sample's data into `dest` (C order, stored dtype), refusing a changed file.
+def _read_run(refs: Sequence[SampleRef], dest: np.ndarray, source_dtype: np.dtype) -> None:
+    """Read one sample, or consecutive rows of one stacked `.npy`, into `dest` (C order, stored dtype).
 
-    The header is read again from the open file and must promise what the scan validated: a
-    file rewritten since with the same size but another dtype or shape would otherwise be copied
-    reinterpreted, under a fresh checksum that `verify` could never fault.
+    The header is checked again first: a file rewritten since the scan with the same size but another
+    dtype or shape would otherwise be copied reinterpreted, under a fresh checksum that `verify`
+    could never fault.
     """
-    expected = dest.nbytes
+    ref = refs[0]
+    where = f"{ref.path}: sample {ref.id!r}" if len(refs) == 1 else f"{ref.path}: samples {ref.id!r} to {refs[-1].id!r}"
+    member = ref.within.member if ref.within is not None else None
+    try:
+        with open_member(Path(ref.path), member, where) if member else _open_file(ref.path) as (f, size):
+            _check_unchanged(ref, parse_npy_header(f, where, size), dest.shape[1:], source_dtype, where)
+            if ref.is_row:
+                _read_rows(f, ref, dest, source_dtype, where)
+            else:
+                _read_whole(f, ref, dest[0, ...], source_dtype, where)  # [0, ...]: a view even for 0-d samples
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _run_end(refs: Sequence[SampleRef], start: int) -> int:
+    """The end of the run of consecutive rows of one stacked `.npy` that starts at `start`."""
+    first, stop = refs[start], start + 1
+    while first.is_row and stop < len(refs) and refs[stop].path == first.path and refs[stop].is_row:
+        if refs[stop].within.index != first.within.index + (stop - start):
+            break
+        stop += 1
+    return stop
+
+
+@contextlib.contextmanager
+def _open_file(path: str) -> Iterator[tuple[BinaryIO, int]]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        yield f, os.fstat(fd).st_size
+
+
+def _check_unchanged(ref: SampleRef, header: NpyHeader, shape: tuple, source_dtype: np.dtype, where: str) -> None:
+    if ref.is_row:
+        shape = (ref.within.length, *shape)
+    found = (header.shape, header.dtype, header.fortran_order, header.data_offset)
+    if found != (shape, source_dtype, ref.fortran_order, ref.data_offset):
+        raise InputError(
+            f"{where}: file changed since it was validated: its header now says shape {header.shape} "
+            f"dtype {header.dtype.str}, it said shape {shape} dtype {source_dtype.str}; "
+            f"run the conversion again"
+        )
+
+
+def _read_whole(f: BinaryIO, ref: SampleRef, dest: np.ndarray, source_dtype: np.dtype, where: str) -> None:
+    """The data after the header, which must end the file (or member) exactly."""
     direct = not ref.fortran_order and source_dtype == dest.dtype
     target = dest if direct else np.empty(dest.size, dtype=source_dtype)
-    where = f"{ref.path}: sample {ref.id!r}"
-    try:
-        fd = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            header = parse_npy_header(f, where, os.fstat(fd).st_size)
-            validated = (dest.shape, source_dtype, ref.fortran_order, ref.data_offset)
-            if (header.shape, header.dtype, header.fortran_order, header.data_offset) != validated:
-                raise InputError(
-                    f"{where}: file changed since it was validated: its header now says shape {header.shape} "
-                    f"dtype {header.dtype.str}, it said shape {dest.shape} dtype {source_dtype.str}; "
-                    f"run the conversion again"
-                )
-            got = _read_fully(f, memoryview(target.reshape(-1)).cast("B"))
-            extra = f.read(1)
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read: {exc.strerror}") from exc
-    if got != expected or extra:
-        raise InputError(
-            f"{ref.path}: sample {ref.id!r}: file changed since it was validated "
-            f"(expected {expected} data bytes)"
-        )
+    got = _read_fully(f, _bytes_of(target))
+    extra = f.read(1)
+    if got != dest.nbytes or extra:
+        raise InputError(f"{where}: file changed since it was validated (expected {dest.nbytes} data bytes)")
     if not direct:
         _store(target, dest, ref.fortran_order)
+
+
+def _read_rows(f: BinaryIO, ref: SampleRef, dest: np.ndarray, source_dtype: np.dtype, where: str) -> None:
+    """Rows `index` to `index + len(dest)` of a stacked `.npy` of `length` rows, by offset."""
+    index, length = ref.within.index, ref.within.length
+    values = math.prod(dest.shape[1:])
+    itemsize = source_dtype.itemsize
+    if not ref.fortran_order:
+        target = dest if source_dtype == dest.dtype else np.empty(dest.shape, dtype=source_dtype)
+        f.seek(ref.data_offset + index * values * itemsize)
+        complete = _read_fully(f, _bytes_of(target)) == target.nbytes
+    else:  # value m of row k is item k + m * length: each value's rows are contiguous
+        columns = np.empty((values, len(dest)), dtype=source_dtype)
+        complete = True
+        for m in range(values):
+            f.seek(ref.data_offset + (m * length + index) * itemsize)
+            if _read_fully(f, _bytes_of(columns[m])) != columns[m].nbytes:
+                complete = False
+                break
+        target = columns.T.reshape(dest.shape, order="F")
+    if not complete:
+        raise InputError(f"{where}: file changed since it was validated (shorter than its header says)")
+    if target is not dest:
+        dest[...] = target
 
 
 def _store(data: np.ndarray, dest: np.ndarray, fortran_order: bool) -> None:
     """Copy a sample's flat data (source dtype and order) into `dest` (stored dtype, C order)."""
     dest[...] = data.reshape(dest.shape, order="F" if fortran_order else "C")
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, to read into."""
+    return memoryview(array.reshape(-1)).cast("B")
 
 
 def _read_fully(f, view: memoryview) -> int:

@@ -1,6 +1,10 @@
-"""Scanning and validating per-ID `.npy` inputs: every header, label and partition entry is
-checked before anything is written, and the row order is fixed (split by split, then the
-partition's order)."""
+"""Scanning and validating inputs: every header, label and partition entry is checked before
+anything is written, and the row order is fixed (split by split, then the partition's order).
+
+What SRC is decides how it is read (`open_finder`): a folder of `<id>.npy` files (`local.py`), a
+folder per class (`classfolders.py`), one `.npy` file of shape (N, ...) (`stacked.py`), one `.npz`
+archive (`npz.py`), or an fsspec URL of a folder of `.npy` files (`remote.py`).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..urls import is_url, local_root
-from .finder import Found, SampleFinder
+from .classfolders import ClassFolderFinder, is_class_folders
+from .finder import Found, SampleFinder, Within
 from .ids import check_id, check_name
 from .labels import encode_labels
 from .local import LocalFinder
+from .npz import NpzFinder
 from .remote import RemoteFinder
+from .stacked import StackedFinder
 
 DEFAULT_SPLIT = "all"
 
@@ -33,6 +40,7 @@ class Sample:
     fortran_order: bool
     data_offset: int
     stamp: tuple  # size and modification time (or ETag): a resume refuses inputs that changed
+    within: Within | None = None  # for a file holding several samples: which one
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,27 @@ class SourceSet:
         return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-def open_finder(src: str | os.PathLike, storage_options: dict | None = None) -> SampleFinder:
+def open_finder(
+    src: str | os.PathLike, storage_options: dict | None = None, ids: str | os.PathLike | Sequence[str] | None = None
+) -> SampleFinder:
+    """The finder for what SRC is; `ids` (a file or a list) names the rows of a stacked `.npy` only."""
+    single = str(src).rstrip("/").lower().endswith((".npy", ".npz"))
     if is_url(src):
+        if single or ids is not None:
+            raise OptionError(f"{src}: a single .npy or .npz SRC (and --ids) must be a local file; "
+                              f"at a URL, SRC is a folder of <ID>.npy objects")  # fmt: skip
         return RemoteFinder(str(src), storage_options)
-    return LocalFinder(local_root(src))
+    path = local_root(src)
+    if single and not path.is_dir():
+        if str(path).lower().endswith(".npy"):
+            return StackedFinder(path, ids, storage_options)
+        if ids is None:
+            return NpzFinder(path)
+    if ids is not None:
+        raise OptionError(f"{src}: --ids names the rows of a single .npy SRC of shape (N, ...); this SRC is not one")
+    if path.is_dir() and is_class_folders(path):
+        return ClassFolderFinder(path)
+    return LocalFinder(path)
 
 
 def scan_sources(
@@ -63,14 +88,19 @@ def scan_sources(
     labels: Mapping[str, int | str] | None = None,
     partition: Mapping[str, Sequence[str]] | None = None,
     storage_options: dict | None = None,
+    ids: str | os.PathLike | Sequence[str] | None = None,
 ) -> SourceSet:
     """Validate every input before anything is written, and fix the row order.
 
-    `src` is a folder or an fsspec URL. Without a partition, every `.npy` file in it is a
-    sample, except hidden ones (`._x.npy` from macOS, editors' backups), which are counted as
-    unlisted files like those a partition leaves out.
+    `src` is a folder, a folder per class, a `.npy` of shape (N, ...) (its rows named by `ids`),
+    an `.npz`, or an fsspec URL. Without a partition, every sample in it is converted, except
+    hidden ones (`._x.npy` from macOS, editors' backups), which are counted as unlisted files
+    like those a partition leaves out.
     """
-    finder = open_finder(src, storage_options)
+    finder = open_finder(src, storage_options, ids)
+    if isinstance(finder, ClassFolderFinder) and labels is not None:
+        raise OptionError(f"{src}: SRC is a folder per class, which labels every sample; drop --labels, "
+                          f"or give a flat SRC to label its samples by file")  # fmt: skip
     npy_names = finder.npy_names()
     if partition is None:
         partition = {DEFAULT_SPLIT: [n for n in npy_names if not n.startswith(".")]}
@@ -79,7 +109,10 @@ def scan_sources(
     ordered = _ordered_ids(partition)
     if not ordered:
         raise InputError("partition lists no IDs")
-    encoded_labels, class_names, num_classes = encode_labels(labels, [i for i, _ in ordered])
+    if isinstance(finder, ClassFolderFinder):  # every folder is a class, listed or not: numbers stay put
+        encoded_labels, class_names, num_classes = finder.labels, finder.class_names, len(finder.class_names)
+    else:
+        encoded_labels, class_names, num_classes = encode_labels(labels, [i for i, _ in ordered])
     samples: list[Sample] = []
     first: tuple[str, Found] | None = None
     for (sample_id, split), found in zip(ordered, finder.find([i for i, _ in ordered])):
@@ -91,7 +124,8 @@ def scan_sources(
             _check_same_kind(first, sample_id, found)
         label = None if encoded_labels is None else encoded_labels[sample_id]
         h = found.header
-        samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset, found.stamp))
+        samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset, found.stamp,
+                              found.within))  # fmt: skip
     splits = dict.fromkeys(partition, 0)  # an empty split stays, with 0 samples: nothing dropped in silence
     for s in samples:
         splits[s.split] = splits.get(s.split, 0) + 1

@@ -9,7 +9,7 @@ with its size and CRC32 in the manifest, which catches damage no sample read wou
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,14 +56,19 @@ def sample_checksums(reader: ShardReader, num_rows: int, layout: Layout) -> np.n
 
 
 def verify_store(
-    store: Store, source: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None
+    store: Store,
+    source: str | os.PathLike | None = None,
+    progress: Callable[[int], None] | None = None,
+    ids: str | os.PathLike | Sequence[str] | None = None,
 ) -> VerifyReport:
-    """Check every sample against its checksum, and with `source` against its `.npy` file.
+    """Check every sample against its checksum, and with `source` against its source.
 
-    `source` is a folder or an fsspec URL (opened with the store's storage options).
+    `source` is what the store was converted from (a folder, a folder per class, a `.npy` of shape
+    (N, ...) with the same `ids` as then, an `.npz`, or an fsspec URL, opened with the store's
+    storage options).
     """
     report = VerifyReport()
-    finder = None if source is None else open_finder(source, store.storage_options)
+    finder = None if source is None else open_finder(source, store.storage_options, ids)
     manifest = store.manifest
     if not manifest.content_intact:
         report.bad_shards[MANIFEST_NAME] = "its content does not match its checksum (edited after conversion?)"
@@ -134,7 +139,7 @@ def _compare_with_source(store: Store, finder: SampleFinder, start: int, stop: i
             )  # fmt: skip
         else:
             readable.append((row, SampleRef(sample_id, str(found.path), found.header.data_offset,
-                                            found.header.fortran_order)))  # fmt: skip
+                                            found.header.fortran_order, found.within)))  # fmt: skip
     for first in range(0, len(readable), SOURCE_BATCH):
         _compare_batch(store, readable[first : first + SOURCE_BATCH], source_dtype, report)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import InputError, OptionError
+from ..inputs.classfolders import is_class_folders
 from ..inputs.labels import read_labels, read_partition
 from ..inputs.scan import SourceSet, scan_sources
 from ..storage.backends import Layout, get_backend
@@ -34,6 +35,7 @@ def convert(
     *,
     labels: str | os.PathLike | Mapping[str, int | str] | None = None,
     partition: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
+    ids: str | os.PathLike | Sequence[str] | None = None,
     format: str = "zarr",
     chunk_rows: int | None = None,
     shard_size: str | int = DEFAULT_SHARD_SIZE,
@@ -47,8 +49,14 @@ def convert(
     scheduler: str | None = None,
     storage_options: dict | None = None,
 ) -> Manifest:
-    """Pack per-ID `.npy` files under `src` into a store at `out`; returns its manifest.
+    """Pack the samples of `src` into a store at `out`; returns its manifest.
 
+    `src` is a folder of `<ID>.npy` files; a folder per class, `<class>/<ID>.npy` (the folder names,
+    sorted, are the class names and label every sample, so `labels` must be None); one `.npy` file
+    of shape (N, ...), each row a sample, named by `ids` (a text file with one ID per line, a
+    `.json` list, or a sequence; N of them) or else by zero-padded row numbers (`0000`...`1233`
+    for N = 1234); or one `.npz` archive, each key an ID and its array a sample. Only a folder of
+    `.npy` files may be a URL. `verify --source` then takes the same `src` (and `ids`).
     `labels` and `partition` are file paths (JSON, or CSV `id,label` for labels) or mappings.
     Shards are written by `workers` local processes, or as tasks on a Dask cluster: pass a
     `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
@@ -65,12 +73,12 @@ def convert(
     _check_options(format, compression, workers, overwrite=overwrite, resume=resume)
     if not is_url(out):
         out = local_root(out)  # `file:///abs/out` is /abs/out, as for SRC and open_store
-        _refuse_inputs_inside(out, src, labels, partition)
+        refuse_inputs_inside(out, src, labels, partition, ids)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(labels, storage_options)
     if isinstance(partition, (str, os.PathLike)):
         partition = read_partition(partition, storage_options)
-    sources = scan_sources(src, labels, partition, storage_options)
+    sources = scan_sources(src, labels, partition, storage_options, ids)
     layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
     problem = backend.unstorable(layout.sample_shape, layout.dtype)
     if problem:
@@ -103,17 +111,21 @@ def _check_options(format: str, compression: str, workers: int, *, overwrite: bo
         raise OptionError("--overwrite and --resume exclude each other")
 
 
-def _refuse_inputs_inside(out: Path, src, labels, partition) -> None:
+def refuse_inputs_inside(out: Path, src, labels, partition, ids=None) -> None:
     """Refuse, before anything is touched, inputs that clearing or writing OUT would destroy: SRC, the
-    labels or the partition file inside OUT (links resolved), or OUT itself a `.npy` name in SRC."""
+    labels, partition or IDs file inside OUT (links resolved), or OUT itself a `.npy` name in SRC or
+    a folder in a SRC of class folders (a resume would scan it as a class)."""
     root = Path(os.path.realpath(out))
-    named = [("SRC", src), ("--labels", labels), ("--partition", partition)]
+    named = [("SRC", src), ("--labels", labels), ("--partition", partition), ("--ids", ids)]
     for what, path in named:
         if isinstance(path, (str, os.PathLike)) and not is_url(path):
             resolved = Path(os.path.realpath(local_root(path)))
             if resolved == root or resolved.is_relative_to(root):
                 raise OptionError(f"{path}: {what} lies inside OUT {out}, which converting would overwrite; "
                                   f"choose an OUT outside it")  # fmt: skip
-    if not is_url(src) and root.parent == Path(os.path.realpath(local_root(src))) and root.name.endswith(".npy"):
+    if is_url(src) or root.parent != Path(os.path.realpath(local_root(src))):
+        return
+    if root.name.endswith(".npy"):
         raise OptionError(f"{out}: OUT would be scanned as a sample of SRC {src}; give it a name not ending in .npy")
-
+    if is_class_folders(root.parent):
+        raise OptionError(f"{out}: OUT would be scanned as a class folder of SRC {src}; choose an OUT outside SRC")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OptionError
+from ..inputs.finder import Within
 from ..inputs.samples import SampleRef
 from ..inputs.scan import SourceSet
 from ..storage.backends import Layout
@@ -62,8 +63,9 @@ def stored_dtype(source: np.dtype) -> np.dtype:
 
 
 def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
-    """Everything that determines the output: a resume must match it exactly."""
-    inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp] for s in sources.samples]
+    """Everything that determines the output: a resume must match it exactly. A sample in a file
+    holding several also has its place in it (an `--ids` file reordered names other rows)."""
+    inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp, *_place(s.within)] for s in sources.samples]
     return {
         "format": format,
         "num_samples": layout.num_samples,
@@ -77,12 +79,20 @@ def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
     }
 
 
+def _place(within: Within | None) -> list:
+    """Nothing for a whole file, so that the plans of per-ID files stay as they were."""
+    return [] if within is None else [within.member, within.index]
+
+
 def make_tasks(
-    sources: SourceSet, layout: Layout, format: str, root: Path | str, storage_options: dict | None = None
+    sources: SourceSet, layout: Layout, format: str, root: Path | str, storage_options: dict | None = None,
+    first_shard: int = 0,
 ) -> list[ShardTask]:
-    refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order) for s in sources.samples]
+    """One task per shard of `sources`' samples, in cells `first_shard` onwards (an append's are after
+    the store's last shard)."""
+    refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order, s.within) for s in sources.samples]
     return [
-        ShardTask(format, str(root), layout, k, sources.dtype.str,
+        ShardTask(format, str(root), layout, first_shard + k, sources.dtype.str,
                   tuple(refs[first : first + layout.shard_rows]), storage_options)
-        for k, first in enumerate(range(0, layout.num_samples, layout.shard_rows))
-    ]
+        for k, first in enumerate(range(0, len(refs), layout.shard_rows))
+    ]  # fmt: skip
