@@ -239,7 +239,8 @@ def test_installed_entry_point(tmp_path, inputs):
     assert (done.returncode, done.stdout.strip()) == (0, f"shardfeed {shardfeed.__version__}")
     src, _, _ = inputs
     done = _run(script, "convert", str(src), str(tmp_path / "out"), "--format", "hdf5", "--quiet")
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    warning = f"shardfeed: warning: {tmp_path / 'out'} has no labels (no --labels given): its batches are inputs only"
+    assert (done.returncode, done.stdout, done.stderr.strip()) == (0, "", warning)
     done = _run(script, "inspect", str(tmp_path / "nowhere"))
     assert done.returncode == 1
     assert done.stderr.strip() == f"shardfeed: error: {tmp_path / 'nowhere'}: no such store"

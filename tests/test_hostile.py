@@ -696,7 +696,7 @@ def case_manifest_shard_path_with_nul(kit, name):
     return _manifest_case(kit, name, lambda m: m["shards"][0].update(path="x/c/0\u0000/0/0"))
 
 
-@case(r"holds rows 2-7, expected 4-7")
+@case(r"holds rows 2-7, expected 1 to 4 rows from row 4")
 def case_manifest_inconsistent_rows(kit, name):
     return _manifest_case(kit, name, lambda m: m["shards"][1].update(first_row=2))
 

@@ -29,6 +29,7 @@ from .feed.sampling import epoch_order
 from .storage.integrity import verify_store
 from .storage.store import Store, open_store
 from .version import __version__
+from .writing.append import append
 from .writing.convert import convert
 
 _LAZY = {"DataGenerator": ".feed.keras", "as_tf_dataset": ".feed.tfdata", "ResumeCallback": ".feed.keras"}
@@ -67,6 +68,7 @@ __all__ = [
     "UnknownSplitError",
     "WorkerDiedError",
     "__version__",
+    "append",
     "as_tf_dataset",
     "convert",
     "epoch_order",

@@ -69,7 +69,7 @@ class DiskFullError(ShardfeedError, OSError):
 
 
 class StoreReplacedError(StoreFormatError):
-    """The store was converted again (`--overwrite`) after it was opened: its index no longer fits its shards."""
+    """The store was converted again (`--overwrite`) or appended to after it was opened: reopen it."""
 
 
 class RemoteError(ShardfeedError, OSError):

@@ -107,7 +107,7 @@ def _check_member_sizes(data: bytes) -> None:
 
 
 def load_index(root: Path, manifest: Manifest) -> Index:
-    path = root / INDEX_NAME
+    path = root / manifest.index_name
     return parse_index(read_store_file(path, "index"), manifest, str(path))
 
 
@@ -123,7 +123,8 @@ def parse_index(data: bytes, manifest: Manifest, path: str) -> Index:
 
 
 def load_remote_index(location: RemoteLocation, manifest: Manifest) -> Index:
-    return parse_index(location.read_bytes(INDEX_NAME), manifest, location.url_of(INDEX_NAME))
+    name = manifest.index_name
+    return parse_index(location.read_bytes(name), manifest, location.url_of(name))
 
 
 def _id_problem(ids: np.ndarray) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from .format import (
     COMPRESSIONS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    INDEX_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
     MAX_CHUNK_BYTES,
@@ -74,6 +76,9 @@ class Manifest:
     labeled: bool = True
     source: dict[str, Any] = field(default_factory=dict)
     converter: dict[str, Any] = field(default_factory=dict)
+    # The index file this manifest commits: an append writes a new one beside the old, so that the
+    # store stays whole until its new manifest replaces the old one in a single rename.
+    index_name: str = INDEX_NAME
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     # CRC32 of everything above, as written (None in stores made before it existed): split names,
@@ -89,6 +94,17 @@ class Manifest:
         return int(np.prod(self.sample_shape, dtype=np.int64)) * self.np_dtype.itemsize
 
     @property
+    def grid_rows(self) -> int:
+        """Rows of the store's grid of shards up to its last shard (shard k in cell k, from row
+        k * shard_rows): the Zarr array's length. More than `num_samples` once an append has
+        started after a short last shard."""
+        return (len(self.shards) - 1) * self.shard_rows + self.shards[-1].num_rows
+
+    def grid_row(self, shard: ShardInfo) -> int:
+        """Where `shard` starts in the grid (the Zarr array's row): k * shard_rows for shard k."""
+        return self.shards.index(shard) * self.shard_rows
+
+    @property
     def shard_starts(self) -> np.ndarray:
         return np.array([s.first_row for s in self.shards], dtype=np.int64)
 
@@ -101,6 +117,8 @@ class Manifest:
         data["sample_shape"] = list(self.sample_shape)
         data["shards"] = [asdict(s) for s in self.shards]
         data.pop("content_checksum")
+        if data["index_name"] == INDEX_NAME:  # as before the field existed: older manifests still verify
+            data.pop("index_name")
         return data
 
     def computed_checksum(self) -> int:
@@ -172,6 +190,8 @@ class Manifest:
             problems.append("split sizes do not add up to num_samples")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if not re.fullmatch(r"index(-[1-9][0-9]{0,8})?\.npz", self.index_name):
+            problems.append(f"index_name {self.index_name!r} is not index.npz or index-N.npz")
         names = [*self.splits, *(self.class_names or [])]
         if any(not name or has_control(name) for name in names):
             problems.append("a split or class name is empty or holds control characters")
@@ -179,20 +199,19 @@ class Manifest:
             raise StoreFormatError(f"{where}: inconsistent manifest: " + "; ".join(problems))
 
     def _shard_problems(self) -> list[str]:
-        """Shard k must hold rows [k * shard_rows, ...), all but the last one full."""
-        for k, shard in enumerate(self.shards):
+        """Shards hold consecutive rows, 1 to shard_rows each: a conversion fills all but its last
+        one, and an append starts a new shard after it (shard k always sits in cell k)."""
+        first = 0
+        for shard in self.shards:
             path = Path(shard.path)
             if not shard.path or "\0" in shard.path or path.is_absolute() or ".." in path.parts:
                 return [f"shard path {shard.path!r} leaves the store"]
-            first = k * self.shard_rows
-            rows = min(self.shard_rows, self.num_samples - first)
-            if (shard.first_row, shard.num_rows) != (first, rows) or shard.nbytes < 0:
-                return [f"shard {shard.path!r} holds rows {shard.first_row}-{shard.last_row}, "
-                        f"expected {first}-{first + rows - 1}"]  # fmt: skip
-        covered = len(self.shards) * self.shard_rows
-        if not covered - self.shard_rows < self.num_samples <= covered:
-            return [f"{len(self.shards)} shards of {self.shard_rows} rows cannot hold "
-                    f"{self.num_samples} samples"]  # fmt: skip
+            if shard.first_row != first or not 1 <= shard.num_rows <= self.shard_rows or shard.nbytes < 0:
+                return [f"shard {shard.path!r} holds rows {shard.first_row}-{shard.last_row}, expected "
+                        f"1 to {self.shard_rows} rows from row {first}"]  # fmt: skip
+            first = shard.last_row + 1
+        if first != self.num_samples:
+            return [f"{len(self.shards)} shards hold {first} rows, not {self.num_samples} samples"]
         return []
 
 
@@ -225,6 +244,7 @@ _MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
     "source": _is_dict,
     "converter": _is_dict,
     "content_checksum": lambda v: v is None or _is_int(v),
+    "index_name": _is_str,
 }
 _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "path": _is_str,
@@ -236,7 +256,7 @@ _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter", "content_checksum"}
+_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter", "content_checksum", "index_name"}
 
 
 def _check_fields(data: dict, fields: dict[str, Callable[[Any], bool]], where: str) -> None:

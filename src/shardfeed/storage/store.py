@@ -303,7 +303,7 @@ class Store:
             if reader is not None:
                 reader.close()
             raise StoreReplacedError(
-                f"{self.path}: the store was replaced (converted again) since it was opened; reopen it "
+                f"{self.path}: the store was replaced (converted again, or appended to) since it was opened; reopen it "
                 f"(open_store, or a new DataGenerator) to read the new one"
             )
 

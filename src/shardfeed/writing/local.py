@@ -34,7 +34,7 @@ def convert_local(
 ) -> Manifest:
     """A local store: lock it, start (or resume) its work directory, write the missing shards, commit."""
     if not resume:
-        _check_free_space(root, layout, layout.num_samples)
+        check_free_space(root, layout, layout.num_samples)
     _prepare_output(root, overwrite=overwrite, resume=resume)
     with StoreLock(root):
         work = WorkDir(root)
@@ -49,7 +49,7 @@ def convert_local(
             work.create(plan)  # from here on, --resume continues this conversion
             done = {}
         todo = [t for t in tasks if t.shard not in done]
-        _check_free_space(root, layout, sum(len(t.samples) for t in todo))
+        check_free_space(root, layout, sum(len(t.samples) for t in todo))
         try:
             for record in run(todo):
                 work.save_record(record)
@@ -65,7 +65,7 @@ def convert_local(
     return manifest
 
 
-def _check_free_space(root: Path, layout: Layout, rows: int) -> None:
+def check_free_space(root: Path, layout: Layout, rows: int) -> None:
     """Refuse to start when OUT's file system cannot hold the raw bytes of `rows` samples.
 
     Skipped for compressed stores, whose size is unknown in advance; running out of space

@@ -94,6 +94,10 @@ class Backend(ABC):
     def prepare(self, root: Path, layout: Layout) -> None:  # noqa: B027 - most backends need nothing
         """Create whatever shards share (the driver calls this once, before any writer)."""
 
+    def extend(self, root: Path, layout: Layout) -> None:  # noqa: B027 - HDF5 shards are files of their own
+        """Make room for an append's shards in an existing store: `layout.num_samples` is the grid's
+        new length (shards in cells beyond the old last one). The store must stay readable as it was."""
+
     @abstractmethod
     def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
         """A writer for shard number `shard` (rows shard*shard_rows onwards)."""

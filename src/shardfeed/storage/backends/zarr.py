@@ -6,6 +6,7 @@ Local stores live here; stores at URLs in `zarr_remote`, the layout and checks b
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -16,7 +17,7 @@ from zarr.storage import LocalStore
 
 from ...errors import StoreFormatError
 from ...urls import RemoteLocation
-from ..files import fsync_dir
+from ..files import fsync_dir, read_store_file, write_atomic
 from ..manifest import Manifest, ShardInfo
 from . import zarr_remote
 from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard
@@ -51,6 +52,15 @@ class ZarrBackend(Backend):
         # docstring inherited
         create_array(zarr.open_group(store=str(root), mode="a", zarr_format=3), layout)
 
+    def extend(self, root: Path, layout: Layout) -> None:
+        # docstring inherited
+        # The array's length is the one field that changes; zarr's own resize rewrites zarr.json in
+        # place, which a crash could leave half written. Rows beyond the manifest's are never read.
+        path = root / ARRAY / "zarr.json"
+        metadata = json.loads(read_store_file(path, "array metadata", MAX_METADATA_BYTES))
+        metadata["shape"][0] = layout.num_samples
+        write_atomic(path, json.dumps(metadata, indent=2).encode())
+
     def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
         # docstring inherited
         return ZarrShardWriter(root, layout, shard, self.shard_path(layout, shard))
@@ -69,7 +79,7 @@ class ZarrBackend(Backend):
             raise StoreFormatError(f"{metadata}: unreadable array metadata: {exc}") from exc
         check_array(array, str(root / ARRAY), manifest)
         if not fast:
-            return ZarrLibraryReader(array, shard.first_row, manifest.chunk_rows)
+            return ZarrLibraryReader(array, manifest.grid_row(shard), manifest.chunk_rows)
         path = root / shard.path
         num_chunks = -(-shard.num_rows // manifest.chunk_rows)
         offsets, sizes = _shard_index(path, manifest.shard_rows // manifest.chunk_rows, num_chunks)

@@ -200,9 +200,10 @@ class ZarrLibraryReader(ShardReader):
 
 def check_array(array: zarr.Array, where: str, manifest: Manifest) -> None:
     """Refuse metadata that disagrees with the manifest (a chunk bomb declares huge chunks)."""
-    expected_shape = (manifest.num_samples, *manifest.sample_shape)
+    # Longer is fine: an interrupted append grows the array before its new manifest names the rows.
+    expected_shape = (manifest.grid_rows, *manifest.sample_shape)
     problems = []
-    if array.shape != expected_shape:
+    if array.shape[1:] != expected_shape[1:] or array.shape[0] < expected_shape[0]:
         problems.append(f"shape {array.shape}, expected {expected_shape}")
     if array.dtype != manifest.np_dtype:
         problems.append(f"dtype {array.dtype}, expected {manifest.dtype}")

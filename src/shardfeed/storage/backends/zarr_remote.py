@@ -56,7 +56,7 @@ def open_remote_reader(location: RemoteLocation, manifest: Manifest, shard: Shar
         raise StoreFormatError(f"{location.url_of(ARRAY)}: unreadable array metadata: {exc}") from exc
     check_array(array, location.url_of(ARRAY), manifest)
     if not fast:
-        return ZarrLibraryReader(array, shard.first_row, manifest.chunk_rows)
+        return ZarrLibraryReader(array, manifest.grid_row(shard), manifest.chunk_rows)
     path = location / shard.path
     chunks_per_shard = manifest.shard_rows // manifest.chunk_rows
     index_nbytes = chunks_per_shard * 16 + 4
