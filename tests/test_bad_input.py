@@ -353,7 +353,8 @@ def test_convert_refuses_src_that_is_not_a_directory(tmp_path, kind):
     src = tmp_path / "src"
     if kind == "file":
         src.write_text("x")
-    assert_refused(src, tmp_path / "out", match=r"SRC is not a directory", mentions=[str(src)])
+    expected = r"SRC is not a directory" if kind == "file" else r"no such file or directory \(SRC\)"
+    assert_refused(src, tmp_path / "out", match=expected, mentions=[str(src)])
 
 
 def _labels_file(tmp_path: Path, name: str, text: str | bytes) -> Path:

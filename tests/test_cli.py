@@ -274,3 +274,19 @@ def test_inspect_does_not_load_keras_or_tensorflow(tmp_path, inputs):
                 if line.startswith("import time:")}  # fmt: skip
     assert "shardfeed.storage.store" in imported  # importtime works and shows our own modules
     assert not {m for m in imported if m.split(".")[0] in ("keras", "tensorflow")}
+
+
+def test_help_is_written_for_users_with_defaults_and_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "Pack per-sample .npy files" in top and "only module" not in top and "shardfeed convert data/" in top
+    for command in ("convert", "append", "inspect", "show", "verify", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert f"example:\n  shardfeed {command} " in text, command
+        assert "(default" in text or "default:" in text, command
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert "(default: 128MB)" in " ".join(capsys.readouterr().out.split())  # argparse wraps lines

@@ -72,54 +72,93 @@ def _resume_hint(args) -> str:
     return "; finish with --resume" if args.run is _cmd_convert else ""
 
 
+DESCRIPTION = """\
+Pack per-sample .npy files into sharded HDF5 or Zarr v3 stores, then look at them, check them and
+time them. Train from a store with shardfeed.DataGenerator (Keras), shardfeed.torch or shardfeed.grain.
+"""
+
+EXAMPLES = """\
+a first store, from the Keras tutorial's layout (data/<ID>.npy, labels.json, partition.json):
+  shardfeed convert data/ train.zarr --labels labels.json --partition partition.json
+  shardfeed inspect train.zarr
+  shardfeed show train.zarr -o samples.png
+  shardfeed verify train.zarr --source data/
+
+'shardfeed COMMAND --help' tells each command's options, their defaults and an example.
+"""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks."""
+
+
+def _command(commands, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its summary, its options and an example."""
+    return commands.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
+                               formatter_class=_Help)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .storage.format import BACKEND_NAMES
     from .writing.plan import DEFAULT_SHARD_SIZE
 
-    parser = argparse.ArgumentParser(prog="shardfeed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="shardfeed", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"shardfeed {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    p = commands.add_parser("convert", help="pack per-ID .npy files into a store")
-    p.add_argument("src", help="folder of <ID>.npy files, or an fsspec URL (s3://bucket/data)")
-    p.add_argument("out", help="store to create")
-    p.add_argument("--labels", help="JSON {id: label} or CSV id,label")
-    p.add_argument("--partition", help="JSON {split: [ids]}; default: every .npy in SRC, split 'all'")
+    p = _command(commands, "convert", "pack per-sample .npy files into a new store",
+                 "shardfeed convert data/ train.zarr --labels labels.json --partition partition.json --workers 4")
+    p.add_argument("src", help="a folder of <ID>.npy files (or an s3:// or other fsspec URL of one), a folder per "
+                   "class (<class>/<ID>.npy), one .npy of shape (N, ...) with a sample per row, or one .npz")
+    p.add_argument("out", help="the store to create (a folder; a Zarr store may be a URL)")
+    p.add_argument("--labels", metavar="FILE", help="JSON {id: label} or CSV id,label; integers are class numbers, "
+                   "other strings class names (default: no labels, or the class folders' names)")
+    p.add_argument("--partition", metavar="FILE", help="JSON {split: [ids]} (default: every sample, in one split "
+                   "named 'all')")
     p.add_argument("--ids", metavar="FILE", help="for a SRC that is one .npy of shape (N, ...): its rows' IDs, one "
                    "per line or a .json list, N of them (default: row numbers, zero-padded: 00..99 for N=100)")
-    p.add_argument("--format", choices=BACKEND_NAMES, default="zarr")
-    p.add_argument("--chunk-rows", type=int, help="samples per chunk (default: about 256 KiB)")
-    p.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="bytes per shard, e.g. 256MB")
-    p.add_argument("--compression", default="none", help="none|gzip (hdf5); none|zstd|lz4|gzip (zarr)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
-    p.add_argument("--scheduler", help="run shard tasks on Dask: tcp://HOST:PORT, or 'local'")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--format", choices=BACKEND_NAMES, default="zarr", help="store format (default: zarr)")
+    p.add_argument("--chunk-rows", type=int, metavar="N", help="samples per chunk, the unit of a random read "
+                   "(default: about 256 KiB of samples, 64 KiB when compressed)")
+    p.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, metavar="SIZE",
+                   help=f"bytes per shard file, e.g. 256MB or 1GiB (default: {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--compression", default="none", help="none or gzip for hdf5; none, zstd, lz4 or gzip for zarr "
+                   "(default: none)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="processes writing shards (default: 1)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="write shards on a Dask cluster: tcp://HOST:PORT, or "
+                   "'local' for a local one of --workers processes (default: no Dask)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted conversion, keeping its shards")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_convert)
 
-    p = commands.add_parser("append", help="add new samples to a local store, as new shards")
+    p = _command(commands, "append", "add new samples to a local store, as new shards (the old ones stay untouched)",
+                 "shardfeed append train.zarr more/ --labels more_labels.json --partition more_partition.json")
     p.add_argument("store", help="the store to add to")
-    p.add_argument("src", help="folder of <ID>.npy files: new IDs only, the store's shape and dtype")
-    p.add_argument("--labels", help="JSON {id: label} or CSV id,label, in the store's classes")
-    p.add_argument("--partition", help="JSON {split: [ids]}: the split each new sample joins")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("src", help="a folder of <ID>.npy files: new IDs only, with the store's shape and dtype")
+    p.add_argument("--labels", metavar="FILE", help="JSON {id: label} or CSV id,label, in the store's classes "
+                   "(needed when the store is labeled)")
+    p.add_argument("--partition", metavar="FILE", help="JSON {split: [ids]}: the split each new sample joins "
+                   "(default: split 'all', when that is the store's only split)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="processes writing shards (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     p.set_defaults(run=_cmd_append)
 
-    p = commands.add_parser("inspect", help="summarize a store")
-    p.add_argument("store")
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument("--id", dest="sample_id", help="show one sample")
-    p.add_argument("--shards", action="store_true", help="list shards")
+    p = _command(commands, "inspect", "summarize a store: samples, splits, classes, shards, size on disk",
+                 "shardfeed inspect train.zarr --id id-17 --json")
+    p.add_argument("store", help="the store (a folder or a URL)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--id", dest="sample_id", metavar="ID", help="show this sample: label, split, shape, statistics")
+    p.add_argument("--shards", action="store_true", help="also list every shard with its rows and size")
     p.add_argument("--plot", metavar="FILE", help="also draw the label histogram per split into FILE "
                    "(.png, .pdf or .svg; needs the 'show' extra); default: no picture")  # fmt: skip
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_inspect)
 
-    p = commands.add_parser("show", help="draw samples (ID and label as titles) and the label histogram per split")
-    p.add_argument("store")
+    p = _command(commands, "show", "draw samples (ID and label as titles) and the label histogram per split",
+                 "shardfeed show train.zarr --split validation -n 25 -o samples.png")
+    p.add_argument("store", help="the store (a folder or a URL)")
     pick = p.add_mutually_exclusive_group()
     pick.add_argument("--id", dest="sample_ids", nargs="+", action="extend", metavar="ID",
                       help="draw these samples (default: -n samples chosen at random with --seed)")  # fmt: skip
@@ -132,24 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_show)
 
-    p = commands.add_parser("verify", help="check every sample against its checksum")
-    p.add_argument("store")
-    p.add_argument("--source", help="also compare each sample with SRC/<ID>.npy (a folder or URL)")
+    p = _command(commands, "verify", "check every sample against its checksum (and against its source file)",
+                 "shardfeed verify train.zarr --source data/")
+    p.add_argument("store", help="the store (a folder or a URL)")
+    p.add_argument("--source", metavar="SRC", help="also compare each sample with its source: the SRC it was "
+                   "converted from (default: checksums only)")
     p.add_argument("--ids", metavar="FILE", help="with a --source that is one .npy: the --ids FILE it was "
                    "converted with (default: row numbers)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; only problems and the verdict")
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_verify)
 
-    p = commands.add_parser("bench", help="measure read speed against the memory-mapped limit")
-    p.add_argument("store")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shuffle", choices=("global", "block"), default="global")
-    p.add_argument("--seconds", type=float, default=10.0, help="time budget per reader")
+    p = _command(commands, "bench", "time reading shuffled batches, beside the machine's limits",
+                 "shardfeed bench train.zarr --split train --batch-size 64 --seconds 5")
+    p.add_argument("store", help="a local store")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per batch (default: 64)")
+    p.add_argument("--shuffle", choices=("global", "block"), default="global",
+                   help="global: a full permutation per epoch; block: shuffled chunk blocks (default: global)")
+    p.add_argument("--seconds", type=float, default=10.0, help="time budget per reader (default: 10)")
     p.add_argument("--split", help="read only this split (default: every row)")
-    p.add_argument("--fit", action="store_true", help="also time model.fit (imports Keras)")
-    p.add_argument("--tmpdir", help="folder for the limit's copy of the data (default: temp)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--fit", action="store_true", help="also time model.fit of a tiny model (imports Keras)")
+    p.add_argument("--tmpdir", metavar="DIR", help="folder for the limit's copy of the data (default: the "
+                   "system's temporary folder)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.set_defaults(run=_cmd_bench)
     return parser
 

@@ -45,6 +45,8 @@ class LocalFinder:
 
     def __init__(self, src: str | os.PathLike) -> None:
         self.root = Path(os.path.realpath(src))
+        if not self.root.exists():
+            raise InputError(f"{src}: no such file or directory (SRC)")
         if not self.root.is_dir():
             raise InputError(f"{src}: SRC is not a directory (nor a .npy or .npz file)")
         self._inodes: dict[tuple[int, int], str] = {}
