@@ -9,7 +9,8 @@ duplicates, hostile labels. Stores: HDF5 shards with external storage (/etc/pass
 datasets, external and soft links, wrong shape, dtype or filters; Zarr metadata with unknown or
 reordered codecs, big-endian bytes, chunk bombs, shard indexes pointing past EOF; manifests with
 escaping, absolute or NUL shard paths, inconsistent rows, wrong types, newer versions, not JSON;
-corrupt, pickled or lying indexes; FIFOs, devices and symlinks where store files should be.
+corrupt, pickled or lying indexes, and lying shapes and offsets of variable-shape samples;
+FIFOs, devices and symlinks where store files should be.
 
 All cases run in one subprocess (tests/hostile_runner.py) under RLIMIT_AS, so a case that tried
 to allocate what a header claims would fail with MemoryError, which the tests look for in the
@@ -741,9 +742,9 @@ def case_manifest_class_names_mismatch(kit, name):
     return _manifest_case(kit, name, lambda m: m.update(class_names=["a", "b"], num_classes=3))
 
 
-@case(r"store format version 2 is newer than this shardfeed reads \(version 1\); upgrade")
+@case(r"store format version 3 is newer than this shardfeed reads \(version 2\); upgrade")
 def case_manifest_newer_version(kit, name):
-    return _manifest_case(kit, name, lambda m: m.update(format_version=2))
+    return _manifest_case(kit, name, lambda m: m.update(format_version=3))
 
 
 @case(r"format_version '1' is not a version number")
@@ -907,6 +908,111 @@ def case_index_symlink_to_dev_zero(kit, name):
     return kit.open_read(store)
 
 
+# Variable-shape stores (`storage.ragged`): 12 samples of shape (k % 4 + 1, 3), 4 to a shard, 15 values
+# to a chunk, so each shard holds 30 values in 2 chunk rows.
+
+
+def variable_stores(root: Path) -> dict[str, Path]:
+    src = root / "valid-variable-src"
+    src.mkdir()
+    for k in range(12):
+        np.save(src / f"id-{k}.npy", np.full((k % 4 + 1, 3), k, "float32"))
+    stores = {}
+    for backend in ("hdf5", "zarr"):
+        stores[f"{backend}-var"] = root / f"valid-{backend}-var"
+        shardfeed.convert(src, stores[f"{backend}-var"], format=backend, chunk_rows=2, shard_size=120,
+                          variable_shapes=True)  # fmt: skip
+    return stores
+
+
+def _index_case(kit, name, backend: str, change: Callable[[dict], None]) -> dict:
+    store = kit.store(name, backend)
+    arrays = {k: v.copy() for k, v in index_arrays(store).items()}
+    change(arrays)
+    write_index(store, arrays)
+    return kit.open_read(store)
+
+
+@case(r"sample 'id-11' \(row 3, shard x/c/0/0\) .*offset 1000000000000: its values would end past its shard's "
+      r"cell of 30 values")  # fmt: skip
+def case_ragged_offset_past_the_end(kit, name):
+    return _index_case(kit, name, "zarr-var", lambda a: a["offsets"].__setitem__(3, 10**12))
+
+
+@case(r"sample 'id-1' \(row 1, .*samples overlap or leave a gap: it must start where the previous one ends \(3\)")
+def case_ragged_overlapping_samples(kit, name):
+    return _index_case(kit, name, "hdf5-var", lambda a: a["offsets"].__setitem__(1, 0))
+
+
+@case(r"sample 'id-10' \(row 2, .*shape \(4611686018427387904, 3\).*more values than a shard cell holds \(30\): "
+      r"its product overflows")  # fmt: skip
+def case_ragged_shape_product_overflows(kit, name):
+    return _index_case(kit, name, "zarr-var", lambda a: a["shapes"].__setitem__(2, [2**62, 3]))
+
+
+@case(r"sample 'id-0' .*shape \(1, 4\).*axis 1 must be 3, as the manifest says")
+def case_ragged_fixed_axis_differs(kit, name):
+    return _index_case(kit, name, "hdf5-var", lambda a: a["shapes"].__setitem__((0, 1), 4))
+
+
+@case(r"sample 'id-3' \(row 5, shard x/c/1/0\) .*shape \(0, 3\).*dimensions must be >= 1")
+def case_ragged_zero_length(kit, name):
+    return _index_case(kit, name, "zarr-var", lambda a: a["shapes"].__setitem__((5, 0), 0))
+
+
+@case(r"the index lacks shapes, which a store of variable-shape samples needs")
+def case_ragged_index_without_shapes(kit, name):
+    return _index_case(kit, name, "zarr-var", lambda a: a.pop("shapes"))
+
+
+@case(r"shapes has dtype float64 and shape \(12, 2\), expected int64 \(12, 2\)")
+def case_ragged_shapes_not_integers(kit, name):
+    return _index_case(kit, name, "hdf5-var", lambda a: a.__setitem__("shapes", a["shapes"].astype("f8")))
+
+
+@case(r"the index holds shapes or offsets, but the manifest's samples all have shape \(2, 3\)")
+def case_ragged_shapes_in_a_fixed_store(kit, name):
+    def change(arrays):
+        arrays["shapes"] = np.tile(np.array([2, 3]), (12, 1))
+        arrays["offsets"] = np.zeros(12, dtype=np.int64)
+
+    return _index_case(kit, name, "zarr", change)
+
+
+@case(r"the samples' shapes add up to 360 bytes, the manifest says data_nbytes 356")
+def case_ragged_data_nbytes_lies(kit, name):
+    return _manifest_case(kit, name, lambda m: m.update(data_nbytes=m["data_nbytes"] - 4), "hdf5-var")
+
+
+@case(r"chunks of 1099511627776 or shard cells of 1099511627776 values exceed")
+def case_ragged_chunk_bomb_in_manifest(kit, name):
+    return _manifest_case(kit, name, lambda m: m.update(chunk_elements=2**40, shard_elements=2**40), "zarr-var")
+
+
+@case(r"variable-shape samples \(sample_shape \(None, 3\)\) need format version 2, not 1")
+def case_ragged_in_format_version_1(kit, name):
+    return _manifest_case(kit, name, lambda m: m.update(format_version=1), "hdf5-var")
+
+
+@case(r"shape \(1, 15\), expected \(2, 15\)")
+def case_ragged_shard_holds_fewer_values(kit, name):
+    store = kit.store(name, "hdf5-var")
+    data = np.zeros((1, 15), "<f4")
+    rewrite_h5_shard(store, lambda f: f.create_dataset("x", data=data, chunks=(1, 15)))
+    return kit.open_read(store)
+
+
+@case(r"shard index lacks chunks that hold samples")
+def case_ragged_shard_index_lacks_a_chunk(kit, name):
+    store = kit.store(name, "zarr-var")
+    path = store / "x" / "c" / "1" / "0"
+    data = bytearray(path.read_bytes())
+    index_at = len(data) - (2 * 16 + 4)
+    data[index_at + 16 : index_at + 32] = struct.pack("<QQ", 2**64 - 1, 2**64 - 1)
+    path.write_bytes(bytes(data))
+    return kit.open_read(store)
+
+
 # Running the corpus.
 
 
@@ -925,6 +1031,7 @@ def corpus(tmp_path_factory):
         stores[backend] = root / f"valid-{backend}"
         shardfeed.convert(src, stores[backend], labels=labels, partition=partition, format=backend,
                           chunk_rows=2, shard_size=4 * 24)  # fmt: skip
+    stores.update(variable_stores(root))
     kit = Kit(root, root / "canary", stores)
     cases = [{"name": name, **build(kit, name)} for name, (build, _) in CASES.items()]
     cases.append({"name": "control", "action": "allocate", "args": {"nbytes": ADDRESS_SPACE}})

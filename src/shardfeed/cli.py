@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "named 'all')")
     p.add_argument("--ids", metavar="FILE", help="for a SRC that is one .npy of shape (N, ...): its rows' IDs, one "
                    "per line or a .json list, N of them (default: row numbers, zero-padded: 00..99 for N=100)")
+    p.add_argument("--variable-shapes", action="store_true", help="accept samples whose lengths differ on some axes "
+                   "(same dtype and number of dimensions); batches are then padded (default: one shape for all)")
     p.add_argument("--format", choices=BACKEND_NAMES, default="zarr", help="store format (default: zarr)")
     p.add_argument("--chunk-rows", type=int, metavar="N", help="samples per chunk, the unit of a random read "
                    "(default: about 256 KiB of samples, 64 KiB when compressed)")
@@ -272,6 +274,7 @@ def _cmd_convert(args) -> int:
         manifest = convert(
             args.src, args.out, labels=args.labels, partition=args.partition, ids=args.ids, format=args.format,
             chunk_rows=args.chunk_rows, shard_size=args.shard_size, compression=args.compression,
+            variable_shapes=args.variable_shapes,
             workers=args.workers, overwrite=args.overwrite, resume=args.resume, scheduler=args.scheduler,
             progress=bar.progress, on_start=bar.on_start, storage_options=args.storage_options,
         )  # fmt: skip

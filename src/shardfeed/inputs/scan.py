@@ -48,16 +48,40 @@ class SourceSet:
     """Validated inputs in row order (split by split, then the input's order)."""
 
     samples: tuple[Sample, ...]
-    sample_shape: tuple[int, ...]
+    sample_shape: tuple[int | None, ...]  # None for an axis whose length varies (see `shapes`)
     dtype: np.dtype
     splits: dict[str, int]
     class_names: list[str] | None
     num_classes: int | None
     unlisted_files: int
+    shapes: np.ndarray | None = None  # each sample's shape, int64 (n, ndim), when shapes differ
 
     @property
     def sample_nbytes(self) -> int:
+        """Bytes of a sample; for samples whose shapes differ, their mean (rounded up)."""
+        if self.shapes is not None:
+            return -(-self.data_nbytes // len(self.samples))
         return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def data_nbytes(self) -> int:
+        """Bytes of all samples."""
+        if self.shapes is None:
+            return len(self.samples) * self.sample_nbytes
+        return int(self.shapes.prod(axis=1).sum()) * self.dtype.itemsize
+
+    def refuse_varying_shapes(self) -> None:
+        """The rule unless variable shapes are asked for: one shape for all samples (a sample of another
+        shape is more often a broken file than a wish)."""
+        if self.shapes is None:
+            return
+        k = int(np.flatnonzero((self.shapes != self.shapes[0]).any(axis=1))[0])
+        first, other = self.samples[0], self.samples[k]
+        shape, first_shape = tuple(self.shapes[k].tolist()), tuple(self.shapes[0].tolist())
+        dtype = self.dtype
+        raise InputError(_differs(other.path, other.id, shape, dtype, first.path, first.id, first_shape, dtype)
+                         + "; all samples must share shape and dtype, or convert with --variable-shapes "
+                           "(variable_shapes=True) to store samples whose lengths differ on some axes")  # fmt: skip
 
 
 def open_finder(
@@ -114,6 +138,7 @@ def scan_sources(
     else:
         encoded_labels, class_names, num_classes = encode_labels(labels, [i for i, _ in ordered])
     samples: list[Sample] = []
+    shapes: list[tuple[int, ...]] = []
     first: tuple[str, Found] | None = None
     for (sample_id, split), found in zip(ordered, finder.find([i for i, _ in ordered])):
         if isinstance(found, InputError):
@@ -122,6 +147,7 @@ def scan_sources(
             first = (sample_id, found)
         else:
             _check_same_kind(first, sample_id, found)
+        shapes.append(found.header.shape)
         label = None if encoded_labels is None else encoded_labels[sample_id]
         h = found.header
         samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset, found.stamp,
@@ -131,26 +157,45 @@ def scan_sources(
         splits[s.split] = splits.get(s.split, 0) + 1
     listed = {s.id for s in samples}
     first_header = first[1].header  # type: ignore[index]  # ordered is non-empty
+    sample_shape, varying = _shape_of(shapes)
     return SourceSet(
         samples=tuple(samples),
-        sample_shape=first_header.shape,
+        sample_shape=sample_shape,
         dtype=first_header.dtype,
         splits=splits,
         class_names=class_names,
         num_classes=num_classes,
         unlisted_files=sum(1 for n in npy_names if n not in listed),
+        shapes=varying,
     )
 
 
 def _check_same_kind(first: tuple[str, Found], sample_id: str, found: Found) -> None:
+    """Refuse another dtype or number of dimensions than the first sample's; other lengths are refused
+    after the scan, unless variable shapes are asked for (`SourceSet.refuse_varying_shapes`)."""
     (first_id, first_found), header = first, found.header
     expected = first_found.header
-    if (header.shape, header.dtype) != (expected.shape, expected.dtype):
+    if header.dtype != expected.dtype or len(header.shape) != len(expected.shape):
         raise InputError(
-            f"{found.path}: sample {sample_id!r} has shape {header.shape} dtype {header.dtype.str}, "
-            f"which differs from shape {expected.shape} dtype {expected.dtype.str} of {first_found.path} "
-            f"(sample {first_id!r}); all samples must share shape and dtype"
-        )
+            _differs(found.path, sample_id, header.shape, header.dtype, first_found.path, first_id, expected.shape,
+                     expected.dtype)
+            + "; all samples must share shape and dtype (variable-shape samples: dtype and number of dimensions)"
+        )  # fmt: skip
+
+
+def _differs(path, sample_id: str, shape: tuple, dtype: np.dtype, first_path, first_id: str, first_shape: tuple,
+             first_dtype: np.dtype) -> str:  # fmt: skip
+    return (f"{path}: sample {sample_id!r} has shape {shape} dtype {dtype.str}, which differs from shape "
+            f"{first_shape} dtype {first_dtype.str} of {first_path} (sample {first_id!r})")  # fmt: skip
+
+
+def _shape_of(shapes: list[tuple[int, ...]]) -> tuple[tuple[int | None, ...], np.ndarray | None]:
+    """The samples' common shape (None for the axes whose lengths differ), and every shape if any do."""
+    array = np.array(shapes, dtype=np.int64).reshape(len(shapes), len(shapes[0]))
+    varies = (array != array[0]).any(axis=0)
+    if not varies.any():
+        return shapes[0], None
+    return tuple(None if v else int(d) for v, d in zip(varies.tolist(), array[0].tolist())), array
 
 
 def _ordered_ids(partition: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:

@@ -5,7 +5,12 @@ shard.
 """
 
 FORMAT_NAME = "shardfeed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this shardfeed reads
+# Fixed-shape stores are still written as version 1, byte for byte as before version 2 existed; a
+# store of variable-shape samples (`ragged`) is version 2, which older readers refuse in one line.
+FIXED_SHAPE_VERSION = 1
+VARIABLE_SHAPE_VERSION = 2
+MAX_SHARD_ELEMENTS_BYTES = 2**44  # a shard cell of a variable-shape store; bounds offsets read from an index
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.npz"
 WORK_DIR = ".convert"  # exists only while a conversion is unfinished

@@ -15,6 +15,7 @@ from ..urls import RemoteLocation
 from .files import checksum, read_store_file
 from .format import INDEX_NAME
 from .manifest import Manifest
+from .ragged import check_shapes
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,16 @@ class Index:
     labels: np.ndarray | None  # int64
     split_codes: np.ndarray  # int32
     checksums: np.ndarray  # uint32 CRC32 of each sample's C-order bytes
+    # Variable-shape samples only (see `ragged`): each sample's shape, int64 (n, ndim), and where its
+    # values start in its shard's flat array, int64 (n,).
+    shapes: np.ndarray | None = None
+    offsets: np.ndarray | None = None
 
     def to_bytes(self) -> bytes:
         arrays = {"ids": self.ids, "split_codes": self.split_codes, "checksums": self.checksums}
         if self.labels is not None:
             arrays["labels"] = self.labels
+        arrays.update({k: getattr(self, k) for k in ("shapes", "offsets") if getattr(self, k) is not None})
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -48,6 +54,8 @@ class Index:
                 labels=arrays.get("labels"),
                 split_codes=arrays["split_codes"],
                 checksums=arrays["checksums"],
+                shapes=arrays.get("shapes"),
+                offsets=arrays.get("offsets"),
             )
         except KeyError as exc:
             raise StoreFormatError(f"{where}: index lacks array {exc}") from exc
@@ -69,6 +77,7 @@ class Index:
     def check(self, manifest: Manifest, where: str) -> None:
         """Refuse an index that disagrees with its manifest's splits, classes or labeling, or whose
         IDs are not plain names."""
+        check_shapes(self.shapes, self.offsets, self.ids, manifest, where)
         problem = _id_problem(self.ids)
         if problem:
             raise StoreFormatError(f"{where}: {problem}")

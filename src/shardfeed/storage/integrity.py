@@ -8,6 +8,7 @@ with its size and CRC32 in the manifest, which catches damage no sample read wou
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .backends import Layout, ShardReader
 from .files import checksum, file_checksum
 from .format import MANIFEST_NAME
 from .manifest import ShardInfo
+from .ragged import shard_checksums
 from .store import Store
 
 BLOCK_BYTES = 32 * 1024 * 1024
@@ -82,7 +84,7 @@ def verify_store(
         problem = _file_problem(store, shard)
         reasons = [problem] if problem else []
         try:
-            actual = sample_checksums(store._reader(k), shard.num_rows, layout)
+            actual = _shard_checksums(store, k, layout)
         except Exception as exc:  # any failure to read a shard is a finding, not a crash
             reasons.append(f"{type(exc).__name__}: {exc}")
             for row in range(shard.first_row, shard.last_row + 1):
@@ -104,6 +106,15 @@ def verify_store(
         if progress:
             progress(shard.num_rows)
     return report
+
+
+def _shard_checksums(store: Store, k: int, layout: Layout) -> np.ndarray:
+    shard, ragged = store.manifest.shards[k], store.ragged
+    if ragged is None:
+        return sample_checksums(store._reader(k), shard.num_rows, layout)
+    rows = slice(shard.first_row, shard.last_row + 1)
+    return shard_checksums(store._reader(k), ragged.offsets[rows], ragged.sizes[rows], ragged.chunk_elements,
+                           store.dtype)  # fmt: skip
 
 
 def _file_problem(store: Store, shard: ShardInfo) -> str | None:
@@ -132,21 +143,23 @@ def _compare_with_source(store: Store, finder: SampleFinder, start: int, stop: i
         sample_id = store.ids[row]
         if isinstance(found, InputError):
             report.bad_samples.setdefault(sample_id, f"source unreadable: {found}")
-        elif (found.header.shape, found.header.dtype) != (store.sample_shape, source_dtype):
+        elif (found.header.shape, found.header.dtype) != (shape := tuple(store.shapes[row].tolist()), source_dtype):
             report.bad_samples.setdefault(
                 sample_id, f"source {found.path} holds shape {found.header.shape} dtype {found.header.dtype.str}, "
-                f"the store was made from shape {store.sample_shape} dtype {source_dtype.str}",
+                f"the store was made from shape {shape} dtype {source_dtype.str}",
             )  # fmt: skip
         else:
             readable.append((row, SampleRef(sample_id, str(found.path), found.header.data_offset,
                                             found.header.fortran_order, found.within)))  # fmt: skip
     for first in range(0, len(readable), SOURCE_BATCH):
-        _compare_batch(store, readable[first : first + SOURCE_BATCH], source_dtype, report)
+        batch = readable[first : first + SOURCE_BATCH]
+        for _, same_shape in itertools.groupby(batch, key=lambda item: store.shapes[item[0]].tobytes()):
+            _compare_batch(store, list(same_shape), source_dtype, report)
 
 
 def _compare_batch(store: Store, batch: list[tuple[int, SampleRef]], source_dtype: np.dtype, report) -> None:
     """One batch of reads (concurrent for URLs); after a failure, one by one to name each bad source."""
-    samples = np.empty((len(batch), *store.sample_shape), dtype=store.dtype)
+    samples = np.empty((len(batch), *store.shapes[batch[0][0]].tolist()), dtype=store.dtype)  # one shape
     refs = [ref for _, ref in batch]
     try:
         read_samples(refs, samples, source_dtype, store.storage_options)

@@ -24,6 +24,7 @@ from ..urls import RemoteLocation
 from .files import read_store_file
 from .format import (
     COMPRESSIONS,
+    FIXED_SHAPE_VERSION,
     FORMAT_NAME,
     FORMAT_VERSION,
     INDEX_NAME,
@@ -31,6 +32,8 @@ from .format import (
     MANIFEST_NAME,
     MAX_CHUNK_BYTES,
     MAX_MANIFEST_BYTES,
+    MAX_SHARD_ELEMENTS_BYTES,
+    VARIABLE_SHAPE_VERSION,
     WORK_DIR,
 )
 
@@ -63,7 +66,7 @@ class Manifest:
 
     backend: str
     num_samples: int
-    sample_shape: tuple[int, ...]
+    sample_shape: tuple[int | None, ...]  # None for an axis whose length varies (`storage.ragged`)
     dtype: str
     chunk_rows: int
     shard_rows: int
@@ -80,17 +83,30 @@ class Manifest:
     # store stays whole until its new manifest replaces the old one in a single rename.
     index_name: str = INDEX_NAME
     format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
+    format_version: int = FIXED_SHAPE_VERSION
     # CRC32 of everything above, as written (None in stores made before it existed): split names,
     # class names or the dtype edited in manifest.json no longer pass `verify`.
     content_checksum: int | None = None
+    # Variable-shape samples only (None otherwise, and then not written): values per chunk and per
+    # shard cell of the shards' flat arrays, and the bytes of all samples (see `storage.ragged`).
+    chunk_elements: int | None = None
+    shard_elements: int | None = None
+    data_nbytes: int | None = None
 
     @property
     def np_dtype(self) -> np.dtype:
         return np.dtype(self.dtype)
 
     @property
+    def variable(self) -> bool:
+        """Whether samples differ in shape: `sample_shape` holds None for the axes that vary."""
+        return None in self.sample_shape
+
+    @property
     def sample_nbytes(self) -> int:
+        """Bytes of a sample; for variable-shape samples, their mean (rounded up)."""
+        if self.variable:
+            return -(-(self.data_nbytes or 0) // max(1, self.num_samples))
         return int(np.prod(self.sample_shape, dtype=np.int64)) * self.np_dtype.itemsize
 
     @property
@@ -117,6 +133,9 @@ class Manifest:
         data["sample_shape"] = list(self.sample_shape)
         data["shards"] = [asdict(s) for s in self.shards]
         data.pop("content_checksum")
+        for name in _VARIABLE_SHAPE_FIELDS:  # fixed-shape manifests stay as they were
+            if data[name] is None:
+                data.pop(name)
         if data["index_name"] == INDEX_NAME:  # as before the field existed: older manifests still verify
             data.pop("index_name")
         return data
@@ -177,14 +196,15 @@ class Manifest:
         else:
             if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
                 problems.append(f"dtype {self.dtype!r} not supported")
-            elif self.chunk_rows * math.prod(self.sample_shape) * dt.itemsize > MAX_CHUNK_BYTES:
+            elif not self.variable and self.chunk_rows * math.prod(self.sample_shape) * dt.itemsize > MAX_CHUNK_BYTES:
                 problems.append(f"chunks of {self.chunk_rows} samples of shape {self.sample_shape} "
                                 f"exceed {MAX_CHUNK_BYTES} bytes")  # fmt: skip
-        if any(d < 1 for d in self.sample_shape) or self.chunk_rows < 1 or self.shard_rows < 1:
+        if any(d is not None and d < 1 for d in self.sample_shape) or self.chunk_rows < 1 or self.shard_rows < 1:
             problems.append("non-positive sample dimensions or chunk/shard rows")
         elif self.shard_rows % self.chunk_rows:
             problems.append(f"shard_rows {self.shard_rows} is not a multiple of chunk_rows")
         problems += self._shard_problems()
+        problems += self._variable_shape_problems()
         sizes = self.splits.values()
         if any(n < 0 for n in sizes) or sum(sizes) != self.num_samples:
             problems.append("split sizes do not add up to num_samples")
@@ -214,6 +234,33 @@ class Manifest:
             return [f"{len(self.shards)} shards hold {first} rows, not {self.num_samples} samples"]
         return []
 
+    def _variable_shape_problems(self) -> list[str]:
+        """The flat arrays' sizes of a variable-shape store: integers, chunks no larger than a fixed-shape
+        store's, cells bounded, so that offsets read from the index cannot reach far."""
+        fields = {name: getattr(self, name) for name in _VARIABLE_SHAPE_FIELDS}
+        if not self.variable:
+            given = [name for name, value in fields.items() if value is not None]
+            return [f"{', '.join(given)} given for fixed-shape samples"] if given else []
+        if self.format_version < VARIABLE_SHAPE_VERSION:
+            return [f"variable-shape samples (sample_shape {self.sample_shape}) need format version "
+                    f"{VARIABLE_SHAPE_VERSION}, not {self.format_version}"]  # fmt: skip
+        if not all(map(_is_int, fields.values())):
+            return ["variable-shape samples need integer " + ", ".join(f"{k}={v!r:.30}" for k, v in fields.items())]
+        chunk, cell, nbytes = fields.values()
+        try:
+            itemsize = np.dtype(self.dtype).itemsize
+        except Exception:  # reported with the dtype
+            return []
+        if chunk < 1 or cell < chunk or cell % chunk or nbytes < 0:
+            return [f"chunk_elements {chunk} and shard_elements {cell} must be positive, the second a multiple "
+                    f"of the first, and data_nbytes {nbytes} >= 0"]  # fmt: skip
+        if chunk * itemsize > MAX_CHUNK_BYTES or cell * itemsize > MAX_SHARD_ELEMENTS_BYTES:
+            return [f"chunks of {chunk} or shard cells of {cell} values exceed {MAX_CHUNK_BYTES} or "
+                    f"{MAX_SHARD_ELEMENTS_BYTES} bytes"]  # fmt: skip
+        if nbytes > len(self.shards) * cell * itemsize:
+            return [f"data_nbytes {nbytes} exceeds the {len(self.shards)} shard cells of {cell} values"]
+        return []
+
 
 def _is_int(value: Any) -> bool:
     return type(value) is int  # JSON true/false are bools, not counts
@@ -230,7 +277,7 @@ def _is_dict(value: Any) -> bool:
 _MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
     "backend": _is_str,
     "num_samples": _is_int,
-    "sample_shape": lambda v: type(v) is list and all(map(_is_int, v)),
+    "sample_shape": lambda v: type(v) is list and all(d is None or _is_int(d) for d in v),
     "dtype": _is_str,
     "chunk_rows": _is_int,
     "shard_rows": _is_int,
@@ -246,6 +293,7 @@ _MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
     "content_checksum": lambda v: v is None or _is_int(v),
     "index_name": _is_str,
 }
+_VARIABLE_SHAPE_FIELDS = ("chunk_elements", "shard_elements", "data_nbytes")  # checked by `validate`
 _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "path": _is_str,
     "first_row": _is_int,

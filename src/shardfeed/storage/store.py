@@ -34,6 +34,7 @@ from .files import checksum
 from .format import MANIFEST_NAME
 from .index import Index, load_index, load_remote_index
 from .manifest import Manifest, load_manifest, load_remote_manifest
+from .ragged import RaggedIndex, read_list
 
 
 class Store:
@@ -47,6 +48,9 @@ class Store:
     A store is also a sequence of its samples: `len(store)` rows, `store[i]` one sample (negative
     `i` counts from the end), `store[i:j:k]` those rows from one `read`, for code that indexes
     arrays (a framework's dataset, a notebook) and knows nothing of rows.
+
+    A store of variable-shape samples (`variable`; `sample_shape` such as `(None, 40)`, each row's
+    shape in `shapes`) reads a list of arrays, and refuses `out=`; see `ragged`.
     """
 
     def __init__(
@@ -72,6 +76,8 @@ class Store:
             self._manifest_stamp = self._stamp_manifest()
             self.manifest = load_manifest(self.path)
             self._index = load_index(self.path, self.manifest)
+        # Variable-shape samples: each row's shape and offset, and the flat arrays the backends hold.
+        self.ragged = RaggedIndex(self._index, self.manifest, str(self.path)) if self.manifest.variable else None
         if verify and not self.manifest.content_intact:
             raise ChecksumError(f"{self.path}: {MANIFEST_NAME} does not match its content checksum "
                                 f"(edited after conversion?); run 'shardfeed verify {self.path}'")  # fmt: skip
@@ -118,8 +124,21 @@ class Store:
         return self.manifest.backend
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
+    def sample_shape(self) -> tuple[int | None, ...]:
+        """The samples' shape; None for each axis whose length varies (see `shapes`)."""
         return self.manifest.sample_shape
+
+    @property
+    def variable(self) -> bool:
+        """Whether samples differ in shape (then `read` gives a list of arrays)."""
+        return self.ragged is not None
+
+    @property
+    def shapes(self) -> np.ndarray:
+        """Each row's shape, int64 `(len(store), ndim)` (read-only; for one shape, that shape in every row)."""
+        if self.ragged is not None:
+            return self.ragged.shapes
+        return np.broadcast_to(np.array(self.sample_shape, dtype=np.int64), (len(self), len(self.sample_shape)))
 
     @property
     def dtype(self) -> np.dtype:
@@ -192,13 +211,18 @@ class Store:
         names = list(self.manifest.splits)
         return [names[c] for c in self._index.split_codes[rows]]
 
-    def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray | list[np.ndarray]:
         """Samples at `rows`, in that order (repeats allowed), in the stored dtype.
 
         Rows are grouped by shard and chunk and each chunk is read once; with `out` given the
         samples are written straight into it (shape `(len(rows), *sample_shape)`, stored dtype).
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if self.ragged is not None:  # variable-shape samples: a list of arrays
+            samples = read_list(self, rows, out)
+            if self.verify:
+                self._check(rows, samples)
+            return samples
         expected = (len(rows), *self.sample_shape)
         if out is None:
             out = np.empty(expected, dtype=self.dtype)
@@ -308,9 +332,10 @@ class Store:
             )
 
     def _open_reader(self, shard: int) -> ShardReader:
-        info = self.manifest.shards[shard]
+        manifest = self.manifest if self.ragged is None else self.ragged.flat  # what the backend holds
+        info = manifest.shards[shard]
         if self.location is not None:
-            return get_backend(self.backend).open_remote_reader(self.location, self.manifest, info, self.fast)
+            return get_backend(self.backend).open_remote_reader(self.location, manifest, info, self.fast)
         path = self.path / info.path
         if not path.is_file():
             raise ShardNotFoundError(f"{path}: shard {shard} is missing")
@@ -318,7 +343,7 @@ class Store:
         if not target.is_relative_to(os.path.realpath(self.path)):
             raise StoreFormatError(f"{path}: shard {shard} links to {target}, outside the store")
         backend = get_backend(self.backend)
-        return backend.open_reader(self.path, self.manifest, info, self.fast)
+        return backend.open_reader(self.path, manifest, info, self.fast)
 
     def close(self) -> None:
         """Close this process's shard readers (they reopen on the next read)."""

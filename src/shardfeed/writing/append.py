@@ -64,6 +64,7 @@ def append(
     old = load_manifest(root)
     index = load_index(root, old)
     sources = scan_sources(src, labels, partition)
+    _refuse_variable_shapes(old, sources, root)
     _check_compatible(old, sources, src, partition is not None)
     _refuse_known_ids(index, sources)
     new_labels = _labels_in_store_classes(old, sources)
@@ -173,3 +174,11 @@ def _remove_unnamed_indexes(root: Path, manifest: Manifest) -> None:
     for path in root.glob("index*.npz"):
         if path.name != manifest.index_name:
             path.unlink()
+
+
+def _refuse_variable_shapes(old: Manifest, sources: SourceSet, root: Path) -> None:
+    """New samples have the store's one shape: a store of variable-shape samples is not appended to (yet)."""
+    if old.variable:
+        raise OptionError(f"{root}: its samples vary in shape {old.sample_shape}, and append adds to stores of one "
+                          f"shape only; convert the old and the new samples again with --variable-shapes")  # fmt: skip
+    sources.refuse_varying_shapes()

@@ -9,7 +9,7 @@ import numpy as np
 from ..inputs.scan import SourceSet
 from ..storage.backends import Layout
 from ..storage.files import checksum, write_atomic
-from ..storage.format import INDEX_NAME, MANIFEST_NAME
+from ..storage.format import INDEX_NAME, MANIFEST_NAME, VARIABLE_SHAPE_VERSION
 from ..storage.index import Index
 from ..storage.manifest import Manifest
 from ..version import __version__
@@ -40,6 +40,7 @@ def build_index_and_manifest(
         labels=np.array([s.label for s in sources.samples], dtype=np.int64) if labeled else None,
         split_codes=np.array([code[s.split] for s in sources.samples], dtype=np.int32),
         checksums=checksums,
+        **_shapes_and_offsets(sources, layout),
     )
     index_bytes = index.to_bytes()
     manifest = Manifest(
@@ -50,6 +51,7 @@ def build_index_and_manifest(
         chunk_rows=layout.chunk_rows,
         shard_rows=layout.shard_rows,
         compression=layout.compression,
+        **_flat_arrays(layout),
         splits=dict(sources.splits),
         shards=tuple(r.info for r in records),
         index_checksum=checksum(index_bytes),
@@ -64,3 +66,22 @@ def build_index_and_manifest(
         converter={"shardfeed": __version__},
     )
     return index_bytes, manifest
+
+
+def _shapes_and_offsets(sources: SourceSet, layout: Layout) -> dict[str, np.ndarray]:
+    """Variable-shape samples: each one's shape, and where its values start in its shard (`storage.ragged`)."""
+    if sources.shapes is None:
+        return {}
+    sizes = sources.shapes.prod(axis=1)
+    ends = np.cumsum(sizes)
+    offsets = ends - sizes  # from the first row ...
+    offsets -= np.repeat((ends - sizes)[:: layout.shard_rows], layout.shard_rows)[: len(sizes)]  # ... of each shard
+    return {"shapes": sources.shapes.astype(np.int64), "offsets": offsets.astype(np.int64)}
+
+
+def _flat_arrays(layout: Layout) -> dict:
+    """The manifest's fields of variable-shape samples, and the format version that has them."""
+    if not layout.variable:
+        return {}
+    return {"chunk_elements": layout.chunk_elements, "shard_elements": layout.shard_elements,
+            "data_nbytes": layout.data_nbytes, "format_version": VARIABLE_SHAPE_VERSION}  # fmt: skip

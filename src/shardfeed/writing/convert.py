@@ -36,6 +36,7 @@ def convert(
     labels: str | os.PathLike | Mapping[str, int | str] | None = None,
     partition: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
     ids: str | os.PathLike | Sequence[str] | None = None,
+    variable_shapes: bool = False,
     format: str = "zarr",
     chunk_rows: int | None = None,
     shard_size: str | int = DEFAULT_SHARD_SIZE,
@@ -58,6 +59,8 @@ def convert(
     for N = 1234); or one `.npz` archive, each key an ID and its array a sample. Only a folder of
     `.npy` files may be a URL. `verify --source` then takes the same `src` (and `ids`).
     `labels` and `partition` are file paths (JSON, or CSV `id,label` for labels) or mappings.
+    Samples share one shape, unless `variable_shapes`: then their lengths may differ on some axes
+    (same dtype and number of dimensions), and the store records each one's shape (`storage.ragged`).
     Shards are written by `workers` local processes, or as tasks on a Dask cluster: pass a
     `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
     `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
@@ -79,6 +82,8 @@ def convert(
     if isinstance(partition, (str, os.PathLike)):
         partition = read_partition(partition, storage_options)
     sources = scan_sources(src, labels, partition, storage_options, ids)
+    if not variable_shapes:
+        sources.refuse_varying_shapes()
     layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
     problem = backend.unstorable(layout.sample_shape, layout.dtype)
     if problem:

@@ -42,10 +42,10 @@ def convert_local(
         if resume and work.exists():
             samples = sources.samples
             work.check_plan(plan, lambda i: f"{samples[i].path} (sample {samples[i].id!r})")
-            done = work.verified_records(backend, layout, progress)
+            done = work.verified_records(backend, layout, progress, sources.shapes)
         else:
             _clear_store(root)
-            backend.prepare(root, layout)
+            backend.prepare(root, layout.stored())
             work.create(plan)  # from here on, --resume continues this conversion
             done = {}
         todo = [t for t in tasks if t.shard not in done]

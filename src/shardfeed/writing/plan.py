@@ -3,6 +3,7 @@ resume must match."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -54,7 +55,21 @@ def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int, c
         raise OptionError(f"a chunk of {chunk_rows} samples of {nbytes} bytes exceeds 4 GiB; lower --chunk-rows")
     shard_rows = max(1, shard_size // (nbytes * chunk_rows)) * chunk_rows
     shard_rows = min(shard_rows, math.ceil(n / chunk_rows) * chunk_rows)
-    return Layout(n, sources.sample_shape, stored_dtype(sources.dtype), chunk_rows, shard_rows, compression)
+    layout = Layout(n, sources.sample_shape, stored_dtype(sources.dtype), chunk_rows, shard_rows, compression)
+    return layout if sources.shapes is None else _with_flat_arrays(layout, sources)
+
+
+def _with_flat_arrays(layout: Layout, sources: SourceSet) -> Layout:
+    """Variable-shape samples (sizes above are their mean): chunks of about `chunk_rows` mean samples'
+    values, and shard cells that hold the largest shard (see `storage.ragged`)."""
+    sizes = sources.shapes.prod(axis=1)
+    itemsize = layout.dtype.itemsize
+    chunk = max(1, round(layout.chunk_rows * float(sizes.mean())))
+    if chunk * itemsize >= 2**32:
+        raise OptionError(f"a chunk of {chunk} values of {itemsize} bytes exceeds 4 GiB; lower --chunk-rows")
+    largest = int(np.add.reduceat(sizes, np.arange(0, len(sizes), layout.shard_rows)).max())
+    return dataclasses.replace(layout, chunk_elements=chunk, shard_elements=-(-largest // chunk) * chunk,
+                               data_nbytes=int(sizes.sum()) * itemsize)  # fmt: skip
 
 
 def stored_dtype(source: np.dtype) -> np.dtype:
@@ -73,6 +88,8 @@ def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
         "dtype": layout.dtype.str,
         "chunk_rows": layout.chunk_rows,
         "shard_rows": layout.shard_rows,
+        **({"chunk_elements": layout.chunk_elements, "shard_elements": layout.shard_elements} if layout.variable
+           else {}),
         "compression": layout.compression,
         "class_names": sources.class_names,
         "input_digests": input_digests(inputs),
@@ -93,6 +110,12 @@ def make_tasks(
     refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order, s.within) for s in sources.samples]
     return [
         ShardTask(format, str(root), layout, first_shard + k, sources.dtype.str,
-                  tuple(refs[first : first + layout.shard_rows]), storage_options)
+                  tuple(refs[first : first + layout.shard_rows]), storage_options,
+                  _shapes(sources, first, layout.shard_rows))
         for k, first in enumerate(range(0, len(refs), layout.shard_rows))
     ]  # fmt: skip
+
+
+def _shapes(sources: SourceSet, first: int, count: int) -> tuple[tuple[int, ...], ...] | None:
+    """The shapes of a task's samples, when shapes vary."""
+    return None if sources.shapes is None else tuple(map(tuple, sources.shapes[first : first + count].tolist()))

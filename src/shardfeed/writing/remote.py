@@ -42,7 +42,7 @@ def convert_remote(
         location.remove_tree()
     elif location.exists() and location.fs.ls(location.path):
         raise StoreExistsError(f"{url}: exists and is not a shardfeed store; refusing to write into it")
-    backend.prepare_remote(location, layout)
+    backend.prepare_remote(location, layout.stored())
     location.write_bytes(f"{WORK_DIR}/plan.json", json.dumps({"num_samples": layout.num_samples}).encode())
     records = sorted(run(tasks), key=lambda r: r.info.first_row)
     index_bytes, manifest = build_index_and_manifest(sources, layout, backend.name, records)

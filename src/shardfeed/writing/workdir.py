@@ -11,6 +11,7 @@ means a conversion that `--resume` can continue.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fcntl
 import json
 import os
@@ -26,6 +27,7 @@ from ..storage.files import checksum, file_checksum, write_atomic
 from ..storage.format import LOCK_NAME, WORK_DIR
 from ..storage.integrity import sample_checksums
 from ..storage.manifest import Manifest, ShardInfo
+from ..storage.ragged import shard_checksums
 from .shardtask import ShardRecord
 
 PLAN = "plan.json"
@@ -123,15 +125,18 @@ class WorkDir:
         name = f"shard-{record.info.first_row:012d}.json"
         write_atomic(self.path / name, json.dumps(record.to_json_dict()).encode())
 
-    def verified_records(self, backend: Backend, layout: Layout, progress=None) -> dict[int, ShardRecord]:
-        """Records of shards that re-read correctly; other records and leftovers are removed."""
+    def verified_records(
+        self, backend: Backend, layout: Layout, progress=None, shapes: np.ndarray | None = None
+    ) -> dict[int, ShardRecord]:
+        """Records of shards that re-read correctly; other records and leftovers are removed. `shapes`:
+        every sample's, for samples whose shapes vary."""
         kept: dict[int, ShardRecord] = {}
         for path in sorted(self.path.glob("shard-*.json")):
             try:
                 record = ShardRecord.from_json_dict(json.loads(path.read_text()))
             except (ValueError, TypeError, KeyError):  # written atomically, so only if damaged
                 record = None
-            if record is not None and _shard_matches(self.root, backend, layout, record):
+            if record is not None and _shard_matches(self.root, backend, layout, record, shapes):
                 kept[record.info.first_row // layout.shard_rows] = record
                 if progress:
                     progress(record.info.num_rows)
@@ -146,7 +151,9 @@ class WorkDir:
         shutil.rmtree(self.path)
 
 
-def _shard_matches(root: Path, backend: Backend, layout: Layout, record: ShardRecord) -> bool:
+def _shard_matches(
+    root: Path, backend: Backend, layout: Layout, record: ShardRecord, shapes: np.ndarray | None = None
+) -> bool:
     """Re-read a finished shard and compare every sample's checksum with its record."""
     info = record.info
     path = root / info.path
@@ -155,13 +162,22 @@ def _shard_matches(root: Path, backend: Backend, layout: Layout, record: ShardRe
             return False
     except OSError:
         return False
-    manifest = provisional_manifest(layout, backend.name, info)
+    if shapes is not None:  # variable shapes: the shard's values, in chunk rows (`storage.ragged`)
+        sizes = shapes[info.first_row : info.last_row + 1].prod(axis=1)
+        chunk_rows = -(-int(sizes.sum()) // layout.chunk_elements)
+        manifest = provisional_manifest(layout.flat(0, chunk_rows), backend.name,
+                                        dataclasses.replace(info, first_row=0, last_row=chunk_rows - 1))  # fmt: skip
+    else:
+        manifest = provisional_manifest(layout, backend.name, info)
     try:
         reader = backend.open_reader(root, manifest, manifest.shards[0], fast=True)
     except (StoreFormatError, OSError):
         return False
     try:
-        actual = sample_checksums(reader, info.num_rows, layout)
+        if shapes is None:
+            actual = sample_checksums(reader, info.num_rows, layout)
+        else:
+            actual = shard_checksums(reader, np.cumsum(sizes) - sizes, sizes, layout.chunk_elements, layout.dtype)
     except (StoreFormatError, OSError):
         return False
     finally:

@@ -19,18 +19,46 @@ from ..manifest import Manifest, ShardInfo
 
 @dataclass(frozen=True)
 class Layout:
-    """Shape of the data to write: what every backend needs to create shards."""
+    """Shape of the data to write: what every backend needs to create shards.
+
+    Variable-shape samples (`None` in `sample_shape` for the axes that vary) are stored as each shard's
+    values back to back, cut into chunks of `chunk_elements` values, one chunk per row of a 2-D array
+    (see `storage.ragged`); `flat` is that array's layout, which is all a backend ever sees.
+    """
 
     num_samples: int
-    sample_shape: tuple[int, ...]
+    sample_shape: tuple[int | None, ...]
     dtype: np.dtype
     chunk_rows: int
     shard_rows: int
     compression: str
+    chunk_elements: int = 0  # variable-shape samples: values per chunk
+    shard_elements: int = 0  # and per shard cell (a multiple of chunk_elements)
+    data_nbytes: int = 0  # and the bytes of all samples
+
+    @property
+    def variable(self) -> bool:
+        return None in self.sample_shape
 
     @property
     def sample_nbytes(self) -> int:
+        """Bytes of a sample; for variable-shape samples, their mean (rounded up)."""
+        if self.variable:
+            return -(-self.data_nbytes // max(1, self.num_samples))
         return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def flat(self, shard: int, rows: int) -> Layout:
+        """What the backends store for variable-shape samples: a fixed-shape array of chunk rows, shard k
+        in cell k of `shard_elements // chunk_elements` rows, up to `rows` rows of shard `shard`."""
+        cell_rows = self.shard_elements // self.chunk_elements
+        return Layout(shard * cell_rows + rows, (self.chunk_elements,), self.dtype, 1, cell_rows, self.compression)
+
+    def stored(self) -> Layout:
+        """The layout `Backend.prepare` creates: this one, or for variable-shape samples every shard's cell."""
+        if not self.variable:
+            return self
+        cells = -(-self.num_samples // self.shard_rows)
+        return self.flat(cells - 1, self.shard_elements // self.chunk_elements)
 
 
 @dataclass(frozen=True)
