@@ -6,9 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..errors import OptionError
 from ..feed.batches import BatchSource
 from ..storage.store import open_store
 from .harness import LIMIT_NAME, MmapLimit, Result, StoreReader, measure_readers, set_ratios, write_limit_npy
+from .variable import bench_variable
 
 
 def bench_store(
@@ -31,6 +33,11 @@ def bench_store(
     if fit:  # Keras first: a missing framework is said now, not after the reads were timed
         from .fit import fit_in_memory_vs_store
     store = open_store(path)
+    if store.variable:  # padded batches, against one flat file of values + offsets and the tutorial
+        if fit:
+            raise OptionError(f"{path}: bench --fit does not time variable-shape samples yet; drop --fit")
+        return bench_variable(store, batch_size=batch_size, shuffle=shuffle, seconds=seconds, split=split,
+                              tmpdir=tmpdir)  # fmt: skip
     source = BatchSource(store, split=split, batch_size=batch_size, shuffle_mode=shuffle, seed=0)
     nbytes = store.manifest.sample_nbytes
     label = f"shardfeed {store.backend}" + (

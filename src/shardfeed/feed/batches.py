@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import CallError, OptionError, TransformError
+from ..storage.ragged import padding_needed
 from ..storage.store import Store, open_store
 from .buffers import BufferPool
 from .sampling import MODES, epoch_order, host_share_from_env, num_batches
@@ -46,6 +47,8 @@ class BatchSource:
             all samples (found by calling it once on the first sample); it is cast to `dtype`.
     """
 
+    variable_shapes = False  # batches of variable-shape samples: `padding.VariableBatchSource`
+
     def __init__(
         self,
         store: str | os.PathLike | Store,
@@ -69,6 +72,8 @@ class BatchSource:
             world_size = env_world if world_size is None else world_size
         _refuse_the_tutorials_call(store, split)
         self.store = store if isinstance(store, Store) else open_store(store, storage_options=storage_options)
+        if self.store.variable and not self.variable_shapes:
+            raise OptionError(padding_needed(self.store))
         if split is not None and ids is not None:
             raise OptionError("give either split or ids, not both")
         if type(batch_size) is not int or batch_size < 1:
@@ -195,7 +200,9 @@ class BatchSource:
         or exactly as long as the batch); returns its number of rows (the last batch may be short)."""
         rows = self.batch_rows(epoch, index)
         x = out[0][: len(rows)]
-        if self.transform is not None:
+        if self.variable_shapes:
+            self._fill_padded(epoch, rows, out[0])
+        elif self.transform is not None:
             self._transformed(epoch, rows, x)
         elif self.dtype == self.store.dtype:
             self.store.read(rows, out=x)
@@ -205,6 +212,16 @@ class BatchSource:
         if self.labels is not None:
             encode_labels(self.store.labels[rows], self.labels, self.store.num_classes, out=out[1][: len(rows)])
         return len(rows)
+
+    @property
+    def tensor_shape(self) -> tuple[int | None, ...]:
+        """The shape of a sample of `x` as a framework's tensor spec says it: None where it varies."""
+        return self.sample_shape
+
+    def slot_view(self, key: tuple[int, int], arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """Batch `key` from the arrays `fill` wrote it into (shaped as `specs`, cut to its rows): the
+        batch itself; of variable-shape samples, the front of `x` in the batch's own shape."""
+        return arrays
 
     def _transformed(self, epoch: int, rows: np.ndarray, x: np.ndarray) -> None:
         """Read the stored samples, then transform each one into its row of `x` (cast to `dtype`)."""

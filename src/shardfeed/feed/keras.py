@@ -25,6 +25,7 @@ from ..storage.files import write_atomic
 from ..storage.store import Store
 from .batches import BatchSource
 from .launch import main_path
+from .padding import batch_source
 from .readahead import ReadAhead
 from .schedule import EpochCursor
 from .transforms import Transform, check_sendable
@@ -42,6 +43,8 @@ class DataGenerator(keras.utils.PyDataset):
             first batch and reused until `close()` or garbage collection) that write into shared
             memory. Default: False; with a `transform` and several workers, True.
         max_queue_size: batches made ahead.
+        padding, pad_value, bucket_by_length: batches of variable-shape samples, padded to each batch's
+            largest sample ("batch") or to the store's ("max"); see `shardfeed.feed.padding`.
 
     Inside `fit`, batches come in the generator's order: the k-th batch Keras asks for in an
     epoch is batch k of that epoch, whatever index it asks for (`fit(shuffle=True)` permutes
@@ -65,6 +68,9 @@ class DataGenerator(keras.utils.PyDataset):
         rank: int | None = None,
         world_size: int | None = None,
         transform: Transform | None = None,
+        padding: str | None = None,
+        pad_value: float = 0,
+        bucket_by_length: bool = False,
         workers: int | None = None,
         use_multiprocessing: bool | None = None,
         max_queue_size: int = 10,
@@ -76,8 +82,9 @@ class DataGenerator(keras.utils.PyDataset):
             check_sendable(transform)
         # Keras must not start its own pool: the reading ahead is ours.
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
-        self.source = BatchSource(
-            store, split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
+        self.source: BatchSource = batch_source(
+            store, padding=padding, pad_value=pad_value, bucket_by_length=bucket_by_length,
+            split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
             shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
             rank=rank, world_size=world_size, transform=transform,
         )  # fmt: skip
@@ -110,9 +117,14 @@ class DataGenerator(keras.utils.PyDataset):
         return self.cursor.remaining
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        peeking = self.cursor.peeking
         epoch, batch, in_order = self.cursor.locate(index)
         if in_order and self.read_ahead is not None:
             return self.read_ahead.get((epoch, batch))
+        if peeking and index == 1 and self.source.variable_shapes:
+            # Keras' TensorFlow trainer takes the batches' shape from its peeks at batches 0 and 1: a
+            # padded axis as long in both would be fixed for the whole fit.
+            return self.source.unlike(epoch, batch, batch - 1)
         return self.source.batch(epoch, batch)
 
     def on_epoch_begin(self) -> None:

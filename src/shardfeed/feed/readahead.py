@@ -85,7 +85,7 @@ class ReadAhead:
         self._top_up(key)
         if self.processes and handle is None:
             return self._in_trainer(key)
-        return handle.result() if isinstance(handle, cf.Future) else self._pool.get()
+        return handle.result() if isinstance(handle, cf.Future) else self.source.slot_view(key, self._pool.get())
 
     @property
     def worker_pids(self) -> list[int]:

@@ -53,6 +53,12 @@ class EpochCursor:
             self._in_epoch = False
 
     @property
+    def peeking(self) -> bool:
+        """Whether a request now is a peek: outside an epoch, before any batch of it was served."""
+        with self._lock:
+            return not self._in_epoch and not self._served
+
+    @property
     def remaining(self) -> int:
         """Batches of the current epoch from `start` on: the length a trainer sees."""
         return self.num_batches - self.start

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..storage.store import Store
-from .batches import BatchSource
+from .padding import batch_source
+from .tfragged import ragged_loader
 from .transforms import Transform
 
 
@@ -35,17 +36,24 @@ def as_tf_dataset(
     num_parallel_calls: int | None = None,
     prefetch: int | None = None,
     transform: Transform | None = None,
+    padding: str | None = None,
+    pad_value: float = 0,
+    bucket_by_length: bool = False,
+    ragged: bool = False,
 ):
     """A `tf.data.Dataset` of `(x, y)` (or `(x,)`) batches; see `BatchSource` for the arguments.
 
     `num_parallel_calls` and `prefetch` default to `tf.data.AUTOTUNE`. Iterating the dataset
     again starts the next epoch (`first_epoch` for the first pass). `transform` runs in
     tf.data's threads; its output shape (`BatchSource.sample_shape`) is the shape of `x`.
+    Variable-shape samples are padded (`padding`, `pad_value`, `bucket_by_length`: see
+    `feed.padding`), or with `ragged=True` come as a `tf.RaggedTensor` `x`.
     """
     import tensorflow as tf
 
-    source = BatchSource(
-        store, split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
+    source = batch_source(
+        store, padding=padding, pad_value=pad_value, bucket_by_length=bucket_by_length, ragged=ragged,
+        split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
         shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
         rank=rank, world_size=world_size, transform=transform,
     )  # fmt: skip
@@ -63,6 +71,8 @@ def as_tf_dataset(
     elif source.labels == "sparse":
         specs.append(tf.TensorSpec((None,), tf.int64))
 
+    specs[0] = tf.TensorSpec((None, *source.tensor_shape), tf.as_dtype(source.dtype))  # None: lengths vary
+
     def load(epoch, index):
         tensors = tf.numpy_function(
             lambda e, i: source.batch(int(e), int(i)), [epoch, index], [s.dtype for s in specs]
@@ -71,6 +81,8 @@ def as_tf_dataset(
             tensor.set_shape(spec.shape)
         return tuple(tensors)
 
+    if ragged:
+        load = ragged_loader(source, specs[1:])  # x a tf.RaggedTensor
     keys = tf.data.Dataset.from_generator(
         batch_keys, output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64))
     )

@@ -7,14 +7,17 @@ import math
 import numpy as np
 
 from .format import FORMAT_VERSION
+from .lengths import bucket_by_length, padding_fraction
 from .store import Store
+
+PADDING_BATCH_SIZE = 32  # the batch size `inspect` reports padding for
 
 
 def describe(store: Store) -> dict:
     """Summary of a store; the keys are stable (`inspect --json` prints this dict)."""
     m = store.manifest
     on_disk = _bytes_on_disk(store)
-    raw = m.num_samples * m.sample_nbytes
+    raw = m.data_nbytes if m.variable else m.num_samples * m.sample_nbytes
     histograms = None
     if store.labels is not None:
         histograms = {}
@@ -29,6 +32,7 @@ def describe(store: Store) -> dict:
         "reader_format_version": FORMAT_VERSION,
         "num_samples": m.num_samples,
         "sample_shape": list(m.sample_shape),
+        "variable_shapes": _variable_shapes(store),
         "dtype": m.dtype,
         "source_dtype": m.source.get("dtype", m.dtype),
         "splits": dict(m.splits),
@@ -56,6 +60,7 @@ def format_summary(summary: dict, show_shards: bool = False) -> str:
         f"backend      {s['backend']} (format version {s['format_version']})",
         f"samples      {s['num_samples']:,} of shape {tuple(s['sample_shape'])} {s['dtype']}"
         + (f" (source dtype {s['source_dtype']})" if s["source_dtype"] != s["dtype"] else ""),
+        *_shape_lines(s.get("variable_shapes")),
         f"chunks       {s['chunk_rows']} rows; shards of {s['shard_rows']} rows: {s['num_shards']}",
         f"compression  {s['compression']}",
         f"size         {_mb(s['bytes_on_disk'])} on disk, {_mb(s['bytes_raw'])} raw"
@@ -114,3 +119,33 @@ def _bytes_on_disk(store: Store) -> int:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
+
+
+def _variable_shapes(store: Store, batch_size: int = PADDING_BATCH_SIZE) -> dict | None:
+    """For variable-shape samples: their range, and per split the share of a shuffled epoch's padded
+    values that is padding, for batches of `batch_size` padded to their largest sample (with and
+    without `bucket_by_length`) or to the store's largest shape. None for samples of one shape."""
+    if not store.variable:
+        return None
+    padding = {}
+    for name in store.splits:
+        order = np.random.default_rng(0).permutation(store.split(name))
+        bucketed = bucket_by_length(order, store.shapes, batch_size, seed=0, epoch=0)
+        padding[name] = {
+            "batch": round(padding_fraction(store.shapes, order, batch_size), 4),
+            "batch_bucketed": round(padding_fraction(store.shapes, bucketed, batch_size), 4),
+            "max": round(padding_fraction(store.shapes, order, batch_size, store.ragged.max_shape), 4),
+        }
+    return {"min_shape": list(store.ragged.min_shape), "max_shape": list(store.ragged.max_shape),
+            "padding_batch_size": batch_size, "padding": padding}  # fmt: skip
+
+
+def _shape_lines(shapes: dict | None) -> list[str]:
+    if shapes is None:
+        return []
+    lines = [f"shapes       from {tuple(shapes['min_shape'])} to {tuple(shapes['max_shape'])}",
+             f"padding      of batches of {shapes['padding_batch_size']}, share of values: padding='batch' / "
+             f"with bucket_by_length=True / padding='max'"]  # fmt: skip
+    for name, share in shapes["padding"].items():
+        lines.append(f"  {name:<12} {share['batch']:.1%} / {share['batch_bucketed']:.1%} / {share['max']:.1%}")
+    return lines

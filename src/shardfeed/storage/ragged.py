@@ -15,8 +15,8 @@ offsets from 0 up, each sample starting where the previous one ends (no overlaps
 within the shard's cell, and the sum what the manifest says (`data_nbytes`).
 
 Why not bucketed padded arrays: padding costs disk and bandwidth in proportion to the spread of
-lengths (31 % of the values for the README's spectrograms of 50-400 frames in random batches of 32;
-`shardfeed inspect` reports it per store), the buckets' boundaries are a guess made at conversion,
+lengths (measured with `shardfeed inspect` on the README's spectrograms of 50-400 frames: 42.8 % of
+a random batch of 32 is padding, 44.1 % padded to the longest), the buckets' bounds are a guess made at conversion,
 and a batch of another size or padding rule would have to strip or re-pad anyway. A flat array
 reads a sample as one slice of the mapped chunk bytes when uncompressed, and decodes exactly the
 chunks a sample spans when compressed; padding happens once, into the batch (`read_padded`).
