@@ -369,27 +369,27 @@ def _labels_file(tmp_path: Path, name: str, text: str | bytes) -> Path:
 LABEL_CASES = {
     "mixed-str-int": (
         "labels.json", json.dumps({"id-0": "cat", "id-1": 1, "id-2": "dog"}),
-        r"ID 'id-1' has label 1 \(int\); labels must be all integers or all strings",
+        r"ID 'id-1' has label 1 \(int\) but ID 'id-0' has 'cat'; labels must all be class numbers, class names",
     ),
     "negative": (
         "labels.json", json.dumps({"id-0": 0, "id-1": -1, "id-2": 2}),
         r"ID 'id-1' has negative label -1",
     ),
     "negative-csv": ("labels.csv", "id,label\nid-0,0\nid-1,-2\nid-2,1\n", r"negative label -2"),
-    "float": (
-        "labels.json", json.dumps({"id-0": 0.5, "id-1": 1.5, "id-2": 2.0}),
-        r"labels must be all integers or all strings",
+    "float-and-name": (  # numbers with a fraction are regression targets (tests/test_targets.py); names are not
+        "labels.json", json.dumps({"id-0": 0.5, "id-1": "cat", "id-2": 2.0}),
+        r"ID 'id-1' has label 'cat' \(str\) but ID 'id-0' has 0.5",
     ),
     "bool": (
         "labels.json", json.dumps({"id-0": True, "id-1": False, "id-2": True}),
-        r"labels must be all integers or all strings",
+        r"ID 'id-0' has label True \(bool\).*labels must all be class numbers, class names, numbers",
     ),
     "bad-json": ("labels.json", '{"id-0": 0, "id-1": 1,', r"cannot read labels JSON"),
     "not-utf8": ("labels.json", b'{"id-0": "\xff"}', r"cannot read labels"),
     "json-list": ("labels.json", "[0, 1]", r"labels must be a JSON object \{id: label\}, got list"),
     "csv-no-header": ("labels.csv", "id-0,0\nid-1,1\n", r"expected a CSV header 'id,label'"),
     "csv-columns": ("labels.csv", "id,label\nid-0,0\nid-1,1,7\n", r":3: expected 2 columns"),
-    "csv-twice": ("labels.csv", "id,label\nid-0,0\nid-0,1\n", r":3: ID 'id-0' is labeled twice"),
+    "csv-twice": ("labels.csv", "id,label\nid-0,0\nid-0,1\n", r":3: ID 'id-0' has a label twice"),
 }
 
 

@@ -288,7 +288,7 @@ def test_label_parsing_cases(tmp_path, make_npy_dir, capsys):
     ids = [f"id-{k}" for k in range(4)]
     csv = "id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, ["1", "--5", "2", "0"]))
     assert _convert_with(tmp_path / "a", make_npy_dir, csv, ".csv") == 1  # "--5" is a name, not a number
-    assert "has label '--5' (str); labels must be all integers or all strings" in capsys.readouterr().err
+    assert "has label '--5' (str) but ID 'id-0' has 1; labels must all be" in capsys.readouterr().err
     bom = "\ufeffid,label\n" + "".join(f"{i},{k % 2}\n" for k, i in enumerate(ids))
     assert _convert_with(tmp_path / "b", make_npy_dir, bom.encode("utf-8"), ".csv") == 0
     dup = '{"id-0": 1, "id-1": 0, "id-2": 1, "id-3": 0, "id-0": 0}'

@@ -441,7 +441,7 @@ def case_label_json_huge_number(kit, name):
     return _labels_case(kit, name, '{"id-0": ' + "9" * 50_000 + "}")
 
 
-@case(r"labels must be all integers or all strings")
+@case(r"has label True \(bool\); labels must all be class numbers, class names")
 def case_label_bool(kit, name):
     return _labels_case(kit, name, '{"id-0": true, "id-1": false, "id-2": true}')
 

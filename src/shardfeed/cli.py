@@ -111,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a folder of <ID>.npy files (or an s3:// or other fsspec URL of one), a folder per "
                    "class (<class>/<ID>.npy), one .npy of shape (N, ...) with a sample per row, or one .npz")
     p.add_argument("out", help="the store to create (a folder; a Zarr store may be a URL)")
-    p.add_argument("--labels", metavar="FILE", help="JSON {id: label} or CSV id,label; integers are class numbers, "
-                   "other strings class names (default: no labels, or the class folders' names)")
+    p.add_argument("--labels", metavar="FILE", help="JSON {id: label} or CSV id,label: integers are class numbers, "
+                   "other numbers regression targets, other strings class names, JSON lists label sets "
+                   "(multi-label) (default: no labels, or the class folders' names)")
+    p.add_argument("--weights", metavar="FILE", help="JSON {id: weight} or CSV id,weight: a weight >= 0 per "
+                   "sample, for DataGenerator(sample_weight=True) (default: no weights)")
     p.add_argument("--partition", metavar="FILE", help="JSON {split: [ids]} (default: every sample, in one split "
                    "named 'all')")
     p.add_argument("--ids", metavar="FILE", help="for a SRC that is one .npy of shape (N, ...): its rows' IDs, one "
@@ -143,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needed when the store is labeled)")
     p.add_argument("--partition", metavar="FILE", help="JSON {split: [ids]}: the split each new sample joins "
                    "(default: split 'all', when that is the store's only split)")
+    p.add_argument("--weights", metavar="FILE", help="JSON {id: weight} or CSV id,weight (needed when the store "
+                   "has weights)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="processes writing shards (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     p.set_defaults(run=_cmd_append)
@@ -272,7 +277,8 @@ def _cmd_convert(args) -> int:
     bar = _WriteProgress(args.quiet, "convert")
     try:
         manifest = convert(
-            args.src, args.out, labels=args.labels, partition=args.partition, ids=args.ids, format=args.format,
+            args.src, args.out, labels=args.labels, partition=args.partition, ids=args.ids, weights=args.weights,
+            format=args.format,
             chunk_rows=args.chunk_rows, shard_size=args.shard_size, compression=args.compression,
             variable_shapes=args.variable_shapes,
             workers=args.workers, overwrite=args.overwrite, resume=args.resume, scheduler=args.scheduler,
@@ -289,7 +295,8 @@ def _cmd_append(args) -> int:
 
     bar = _WriteProgress(args.quiet, "append")
     try:
-        manifest = append(args.store, args.src, labels=args.labels, partition=args.partition, workers=args.workers,
+        manifest = append(args.store, args.src, labels=args.labels, partition=args.partition, weights=args.weights,
+                          workers=args.workers,
                           progress=bar.progress, on_start=bar.on_start)  # fmt: skip
     finally:
         bar.close()

@@ -20,9 +20,8 @@ from ..storage.ragged import padding_needed
 from ..storage.store import Store, open_store
 from .buffers import BufferPool
 from .sampling import MODES, epoch_order, host_share_from_env, num_batches
+from .targets import encode_labels, label_spec, resolve_labels, sample_weights
 from .transforms import Transform, apply, output_shape, sample_rng
-
-LABEL_MODES = ("onehot", "sparse", None)
 
 
 class BatchSource:
@@ -35,8 +34,12 @@ class BatchSource:
         shuffle: reshuffle every epoch; otherwise batches follow the split's (or `ids`') order.
         seed: the shuffle seed; `None` draws one now (kept when pickled, so workers agree).
         shuffle_mode: "global" (full permutation) or "block" (chunk blocks; see `sampling`).
-        labels: "onehot" (the tutorial's `to_categorical`), "sparse" (int64), or None (inputs
-            only; also what an unlabeled store gives).
+        labels: "onehot" (the tutorial's `to_categorical`), "sparse" (class numbers int64, or a
+            regression store's targets as float32), "multihot" (a multi-label store's label sets),
+            "auto" (the default: onehot, float targets or multihot, by the store's labels), or None
+            (inputs only; also what an unlabeled store gives). See `targets`.
+        sample_weight: True (the weights the store was converted with), a mapping ID -> weight or
+            one weight per store row: batches are then `(x, y, w)`, which Keras' `fit` weighs by.
         dtype: dtype of the inputs; None keeps the stored dtype.
         drop_remainder: drop the last short batch (the tutorial's floor behaviour).
         rank, world_size: this host's disjoint share of every epoch; by default from the
@@ -58,13 +61,14 @@ class BatchSource:
         shuffle: bool = True,
         seed: int | None = None,
         shuffle_mode: str = "global",
-        labels: str | None = "onehot",
+        labels: str | None = "auto",
         dtype: str | np.dtype | None = "float32",
         drop_remainder: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: dict | None = None,
         transform: Transform | None = None,
+        sample_weight: bool | Mapping | np.ndarray | None = None,
     ) -> None:
         if rank is None or world_size is None:
             env_rank, env_world = host_share_from_env()
@@ -82,8 +86,6 @@ class BatchSource:
             raise OptionError(f"seed must be an integer >= 0 or None, got {seed!r}")
         if shuffle_mode not in MODES:
             raise OptionError(f"shuffle_mode {shuffle_mode!r} unknown; expected one of {MODES}")
-        if labels not in LABEL_MODES:
-            raise OptionError(f"labels {labels!r} unknown; expected one of {LABEL_MODES}")
         if not 0 <= rank < world_size:
             raise OptionError(f"rank {rank} is outside [0, world_size={world_size})")
         self.rows = self._select(split, ids)
@@ -92,7 +94,10 @@ class BatchSource:
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.seed_drawn = seed is None
         self.shuffle_mode = shuffle_mode
-        self.labels = labels if self.store.labels is not None else None
+        self.labels = resolve_labels(self.store, labels)
+        self.weights = sample_weights(self.store, self.rows, sample_weight)
+        if self.weights is not None and self.labels is None:
+            raise OptionError("sample_weight needs labels: batches are (x, y, w); pass a label mode, not None")
         self._warn_about_surprises(split, ids, labels)
         self.dtype = self.store.dtype if dtype is None else _numeric_dtype(dtype)
         self.drop_remainder = drop_remainder
@@ -182,10 +187,10 @@ class BatchSource:
     def specs(self) -> list[tuple[tuple[int, ...], np.dtype]]:
         """(shape, dtype) of each array of a full batch: `x`, then `y` when there are labels."""
         specs = [((self.batch_size, *self.sample_shape), self.dtype)]
-        if self.labels == "onehot":
-            specs.append(((self.batch_size, self.store.num_classes), np.dtype(np.float32)))
-        elif self.labels == "sparse":
-            specs.append(((self.batch_size,), np.dtype(np.int64)))
+        if self.labels is not None:
+            specs.append(label_spec(self.store, self.labels, self.batch_size))
+        if self.weights is not None:
+            specs.append(((self.batch_size,), np.dtype(np.float32)))
         return specs
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
@@ -211,6 +216,8 @@ class BatchSource:
             np.copyto(x, self.store.read(rows, out=stored), casting="unsafe")
         if self.labels is not None:
             encode_labels(self.store.labels[rows], self.labels, self.store.num_classes, out=out[1][: len(rows)])
+        if self.weights is not None:
+            out[2][: len(rows)] = self.weights[rows]
         return len(rows)
 
     @property
@@ -266,18 +273,3 @@ def _refuse_the_tutorials_call(store: object, split: object) -> None:
             "DataGenerator('store.zarr', split='train') or DataGenerator('store.zarr', ids=partition['train'])"
         )
     raise CallError(f"store must be a path or a shardfeed Store, got {type(store).__name__}")
-
-
-def encode_labels(labels: np.ndarray, mode: str, num_classes: int | None, out: np.ndarray | None = None) -> np.ndarray:
-    """Integer labels as `mode` gives them: "sparse" int64, or "onehot" float32 rows; into `out` if given."""
-    if mode == "sparse":
-        if out is None:
-            return labels.astype(np.int64)
-        out[...] = labels
-        return out
-    if out is None:
-        out = np.empty((len(labels), num_classes), dtype=np.float32)
-    out[...] = 0.0
-    out[np.arange(len(labels)), labels] = 1.0
-    return out
-

@@ -17,8 +17,9 @@ import numpy as np
 
 from ..errors import OptionError
 from ..storage.store import Store
-from .batches import BatchSource, encode_labels
+from .batches import BatchSource
 from .sampling import MODES
+from .targets import encode_labels
 
 
 class StoreSource:

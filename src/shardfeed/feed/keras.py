@@ -28,6 +28,7 @@ from .launch import main_path
 from .padding import batch_source
 from .readahead import ReadAhead
 from .schedule import EpochCursor
+from .targets import SampleWeight
 from .transforms import Transform, check_sendable
 
 
@@ -35,8 +36,8 @@ class DataGenerator(keras.utils.PyDataset):
     """Shuffled `(x, y)` batches from a store, for `model.fit`.
 
     Args:
-        store, split, ids, batch_size, shuffle, seed, shuffle_mode, labels, dtype,
-            drop_remainder, rank, world_size, transform: see `shardfeed.feed.batches.BatchSource`.
+        store, split, ids, batch_size, shuffle, seed, shuffle_mode, labels, dtype, drop_remainder,
+            rank, world_size, transform, sample_weight: see `shardfeed.feed.batches.BatchSource`.
         workers: threads or processes that make batches ahead of the trainer. Default: 1 (batches
             are made in the trainer when asked for); with a `transform`, one per available core.
         use_multiprocessing: make batches in worker processes (fresh interpreters started on the
@@ -62,7 +63,7 @@ class DataGenerator(keras.utils.PyDataset):
         shuffle: bool = True,
         seed: int | None = None,
         shuffle_mode: str = "global",
-        labels: str | None = "onehot",
+        labels: str | None = "auto",
         dtype: str | np.dtype | None = "float32",
         drop_remainder: bool = False,
         rank: int | None = None,
@@ -71,6 +72,7 @@ class DataGenerator(keras.utils.PyDataset):
         padding: str | None = None,
         pad_value: float = 0,
         bucket_by_length: bool = False,
+        sample_weight: SampleWeight = None,
         workers: int | None = None,
         use_multiprocessing: bool | None = None,
         max_queue_size: int = 10,
@@ -86,7 +88,7 @@ class DataGenerator(keras.utils.PyDataset):
             store, padding=padding, pad_value=pad_value, bucket_by_length=bucket_by_length,
             split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
             shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
-            rank=rank, world_size=world_size, transform=transform,
+            rank=rank, world_size=world_size, transform=transform, sample_weight=sample_weight,
         )  # fmt: skip
         self.cursor = EpochCursor(self.source.num_batches)
         self.read_ahead: ReadAhead | None = None

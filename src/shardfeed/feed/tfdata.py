@@ -15,6 +15,7 @@ import numpy as np
 
 from ..storage.store import Store
 from .padding import batch_source
+from .targets import SampleWeight
 from .tfragged import ragged_loader
 from .transforms import Transform
 
@@ -27,7 +28,7 @@ def as_tf_dataset(
     shuffle: bool = True,
     seed: int | None = None,
     shuffle_mode: str = "global",
-    labels: str | None = "onehot",
+    labels: str | None = "auto",
     dtype: str | np.dtype | None = "float32",
     drop_remainder: bool = False,
     rank: int | None = None,
@@ -40,8 +41,9 @@ def as_tf_dataset(
     pad_value: float = 0,
     bucket_by_length: bool = False,
     ragged: bool = False,
+    sample_weight: SampleWeight = None,
 ):
-    """A `tf.data.Dataset` of `(x, y)` (or `(x,)`) batches; see `BatchSource` for the arguments.
+    """A `tf.data.Dataset` of `(x, y)` (or `(x,)`, or `(x, y, w)`) batches; see `BatchSource` for the arguments.
 
     `num_parallel_calls` and `prefetch` default to `tf.data.AUTOTUNE`. Iterating the dataset
     again starts the next epoch (`first_epoch` for the first pass). `transform` runs in
@@ -55,7 +57,7 @@ def as_tf_dataset(
         store, padding=padding, pad_value=pad_value, bucket_by_length=bucket_by_length, ragged=ragged,
         split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
         shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
-        rank=rank, world_size=world_size, transform=transform,
+        rank=rank, world_size=world_size, transform=transform, sample_weight=sample_weight,
     )  # fmt: skip
     epochs = itertools.count(first_epoch)
 
@@ -64,12 +66,7 @@ def as_tf_dataset(
         for index in range(source.num_batches):
             yield epoch, index
 
-    x_spec = tf.TensorSpec((None, *source.sample_shape), tf.as_dtype(source.dtype))
-    specs = [x_spec]
-    if source.labels == "onehot":
-        specs.append(tf.TensorSpec((None, source.store.num_classes), tf.float32))
-    elif source.labels == "sparse":
-        specs.append(tf.TensorSpec((None,), tf.int64))
+    specs = [tf.TensorSpec((None, *shape[1:]), tf.as_dtype(dtype)) for shape, dtype in source.specs()]
 
     specs[0] = tf.TensorSpec((None, *source.tensor_shape), tf.as_dtype(source.dtype))  # None: lengths vary
 

@@ -5,49 +5,80 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..urls import is_url, local_root, url_fs
-from .ids import check_id_list, check_name
+from .ids import check_id_list
 
 MAX_LABEL = 2**31 - 1  # labels become one-hot vectors of max(label) + 1 entries
 MAX_TEXT_BYTES = 2**30  # a labels or partition file; more is not a file of labels (/dev/zero is endless)
 # Integer labels are class numbers: far more classes than distinct labels is a stray value, which
 # would make every one-hot batch and every histogram that wide.
 SPARSE_CLASSES = 1024
+Label = int | float | str | list  # a class number, a regression target, a class name, a label set
 
 
-def read_labels(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, int | str]:
+def read_labels(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, Label]:
     """Labels from a JSON object `{id: label}` or a CSV file with columns `id,label` (a path or URL).
 
-    One rule for both: a label that spells an integer (`3`, `"3"`, `-1`) is a class number; any
-    other string is a class name (class names are then numbered in sorted order).
+    One rule for both: a label that spells an integer (`3`, `"3"`, `-1`) is a class number, one that
+    spells another number (`0.25`, `"1e-3"`) a regression target, any other string a class name
+    (class names are then numbered in sorted order); a JSON list of classes is a label set.
     """
-    text = _read_text(path, "labels", storage_options)
+    return {k: _label_value(v) for k, v in _read_pairs(path, "labels", "label", storage_options).items()}
+
+
+def read_weights(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, float]:
+    """Sample weights from a JSON object `{id: weight}` or a CSV file `id,weight`: finite numbers >= 0."""
+    weights = {}
+    for sample_id, value in _read_pairs(path, "weights", "weight", storage_options).items():
+        number = _label_value(value)
+        if type(number) not in (int, float) or not math.isfinite(number) or number < 0:
+            raise InputError(f"{path}: ID {sample_id!r} has weight {value!r}; weights are finite numbers >= 0")
+        weights[sample_id] = float(number)
+    return weights
+
+
+def _read_pairs(path: str | os.PathLike, what: str, column: str, storage_options: dict | None) -> dict[str, Any]:
+    """`{id: value}` from a JSON object or a CSV file with the header `id,<column>` (values as text)."""
+    text = _read_text(path, what, storage_options)
     if str(path).lower().endswith(".csv"):
         rows = list(csv.reader(text.splitlines()))
-        if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
-            raise InputError(f"{path}: expected a CSV header 'id,label'")
-        labels: dict[str, int | str] = {}
+        if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", column]:
+            raise InputError(f"{path}: expected a CSV header 'id,{column}'")
+        pairs: dict[str, Any] = {}
         for line_no, row in enumerate(rows[1:], start=2):
             if not row:
                 continue
             if len(row) != 2:
-                raise InputError(f"{path}:{line_no}: expected 2 columns 'id,label', got {len(row)}")
+                raise InputError(f"{path}:{line_no}: expected 2 columns 'id,{column}', got {len(row)}")
             sample_id, value = row[0], row[1].strip()
-            if sample_id in labels:
-                raise InputError(f"{path}:{line_no}: ID {sample_id!r} is labeled twice")
-            labels[sample_id] = int(value) if _is_int(value) else value
-        return labels
-    data = _parse_json(text, path, "labels")
+            if sample_id in pairs:
+                raise InputError(f"{path}:{line_no}: ID {sample_id!r} has a {column} twice")
+            pairs[sample_id] = value
+        return pairs
+    data = _parse_json(text, path, what)
     if not isinstance(data, dict):
-        raise InputError(f"{path}: labels must be a JSON object {{id: label}}, got {type(data).__name__}")
-    return {k: int(v) if isinstance(v, str) and _is_int(v.strip()) else v for k, v in data.items()}
+        raise InputError(f"{path}: {what} must be a JSON object {{id: {column}}}, got {type(data).__name__}")
+    return data
+
+
+def _label_value(value: Any) -> Any:
+    """The labels file's one rule: text spelling an integer is an int, another number a float."""
+    if isinstance(value, list):
+        return [_label_value(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if _is_int(text):
+        return int(text)
+    return float(text) if _FLOAT.fullmatch(text) else value
 
 
 def read_partition(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, list[str]]:
@@ -67,47 +98,6 @@ def read_id_list(path: str | os.PathLike, storage_options: dict | None = None) -
             raise InputError(f"{path}: IDs must be a JSON list of strings, got {type(ids).__name__}")
         return check_id_list(ids, lambda k: f"{path}[{k}]")
     return check_id_list(text.splitlines(), lambda k: f"{path}:{k + 1}")
-
-
-def encode_labels(
-    labels: Mapping[str, int | str] | None, ids: Iterable[str]
-) -> tuple[dict[str, int] | None, list[str] | None, int | None]:
-    """Integer labels per ID; string labels become indices into sorted class names."""
-    if labels is None:
-        return None, None, None
-    ids = list(ids)
-    missing = [i for i in ids if i not in labels]
-    if missing:
-        shown = ", ".join(repr(i) for i in missing[:5])
-        raise InputError(f"labels: {len(missing)} ID(s) have no label, e.g. {shown}")
-    values = [labels[i] for i in ids]
-    if all(type(v) is int for v in values):
-        negative = [i for i in ids if labels[i] < 0]
-        if negative:
-            raise InputError(f"labels: ID {negative[0]!r} has negative label {labels[negative[0]]}")
-        huge = [i for i in ids if labels[i] > MAX_LABEL]
-        if huge:
-            raise InputError(f"labels: ID {huge[0]!r} has label {labels[huge[0]]}; integer labels "
-                             f"are class numbers from 0 to {MAX_LABEL}")  # fmt: skip
-        num_classes, distinct = max(values) + 1, len(set(values))
-        if num_classes > max(SPARSE_CLASSES, 100 * distinct):
-            top = max(ids, key=lambda i: labels[i])
-            raise InputError(
-                f"labels: ID {top!r} has label {labels[top]}, so there would be {num_classes} classes for "
-                f"{distinct} distinct labels; integer labels are class numbers from 0 (a stray value?): "
-                f"number the classes 0-{distinct - 1}, or give class names as strings"
-            )
-        return {i: labels[i] for i in ids}, None, num_classes
-    if all(isinstance(v, str) for v in values):
-        class_names = [check_name(name, "labels: class name") for name in sorted(set(values))]
-        code = {name: k for k, name in enumerate(class_names)}
-        return {i: code[labels[i]] for i in ids}, class_names, len(class_names)
-    first_kind = type(values[0])
-    bad = next(i for i in ids if type(labels[i]) is not first_kind or first_kind not in (int, str))
-    raise InputError(
-        f"labels: ID {bad!r} has label {labels[bad]!r} ({type(labels[bad]).__name__}); "
-        f"labels must be all integers or all strings (first label: {values[0]!r})"
-    )
 
 
 def _read_text(path: str | os.PathLike, what: str, storage_options: dict | None) -> str:
@@ -153,6 +143,9 @@ def _parse_json(text: str, path: str | os.PathLike, what: str):
         if isinstance(exc, InputError):
             raise
         raise InputError(f"{path}: cannot read {what} JSON: {exc}") from exc
+
+
+_FLOAT = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?")  # not "nan" or "inf": names
 
 
 def _is_int(text: str) -> bool:

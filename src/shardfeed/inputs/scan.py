@@ -18,9 +18,10 @@ import numpy as np
 from ..errors import InputError, OptionError
 from ..urls import is_url, local_root
 from .classfolders import ClassFolderFinder, is_class_folders
+from .encoding import CLASS, EncodedLabels, encode_labels
 from .finder import Found, SampleFinder, Within
 from .ids import check_id, check_name
-from .labels import encode_labels
+from .labels import Label
 from .local import LocalFinder
 from .npz import NpzFinder
 from .remote import RemoteFinder
@@ -36,11 +37,12 @@ class Sample:
     id: str
     path: Path | str  # a str for a sample at an fsspec URL
     split: str
-    label: int | None
+    label: int | float | tuple[int, ...] | None  # a class, a regression target or a label set
     fortran_order: bool
     data_offset: int
     stamp: tuple  # size and modification time (or ETag): a resume refuses inputs that changed
     within: Within | None = None  # for a file holding several samples: which one
+    weight: float | None = None  # its sample weight, when the store has weights
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class SourceSet:
     num_classes: int | None
     unlisted_files: int
     shapes: np.ndarray | None = None  # each sample's shape, int64 (n, ndim), when shapes differ
+    label_kind: str = CLASS  # see `encoding`: "class", "float" or "multi"
 
     @property
     def sample_nbytes(self) -> int:
@@ -109,10 +112,11 @@ def open_finder(
 
 def scan_sources(
     src: str | os.PathLike,
-    labels: Mapping[str, int | str] | None = None,
+    labels: Mapping[str, Label] | None = None,
     partition: Mapping[str, Sequence[str]] | None = None,
     storage_options: dict | None = None,
     ids: str | os.PathLike | Sequence[str] | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> SourceSet:
     """Validate every input before anything is written, and fix the row order.
 
@@ -134,9 +138,10 @@ def scan_sources(
     if not ordered:
         raise InputError("partition lists no IDs")
     if isinstance(finder, ClassFolderFinder):  # every folder is a class, listed or not: numbers stay put
-        encoded_labels, class_names, num_classes = finder.labels, finder.class_names, len(finder.class_names)
+        encoded = EncodedLabels(CLASS, finder.labels, finder.class_names, len(finder.class_names))
     else:
-        encoded_labels, class_names, num_classes = encode_labels(labels, [i for i, _ in ordered])
+        encoded = encode_labels(labels, [i for i, _ in ordered])
+    _check_weighted(weights, [i for i, _ in ordered])
     samples: list[Sample] = []
     shapes: list[tuple[int, ...]] = []
     first: tuple[str, Found] | None = None
@@ -148,10 +153,11 @@ def scan_sources(
         else:
             _check_same_kind(first, sample_id, found)
         shapes.append(found.header.shape)
-        label = None if encoded_labels is None else encoded_labels[sample_id]
+        label = None if encoded is None else encoded.values[sample_id]
         h = found.header
+        weight = None if weights is None else weights[sample_id]
         samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset, found.stamp,
-                              found.within))  # fmt: skip
+                              found.within, weight))  # fmt: skip
     splits = dict.fromkeys(partition, 0)  # an empty split stays, with 0 samples: nothing dropped in silence
     for s in samples:
         splits[s.split] = splits.get(s.split, 0) + 1
@@ -163,11 +169,19 @@ def scan_sources(
         sample_shape=sample_shape,
         dtype=first_header.dtype,
         splits=splits,
-        class_names=class_names,
-        num_classes=num_classes,
+        class_names=None if encoded is None else encoded.class_names,
+        num_classes=None if encoded is None else encoded.num_classes,
         unlisted_files=sum(1 for n in npy_names if n not in listed),
         shapes=varying,
+        label_kind=CLASS if encoded is None else encoded.kind,
     )
+
+
+def _check_weighted(weights: Mapping[str, float] | None, ids: list[str]) -> None:
+    missing = [] if weights is None else [i for i in ids if i not in weights]
+    if missing:
+        shown = ", ".join(repr(i) for i in missing[:5])
+        raise InputError(f"weights: {len(missing)} ID(s) have no weight, e.g. {shown}")
 
 
 def _check_same_kind(first: tuple[str, Found], sample_id: str, found: Found) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +24,22 @@ class Index:
     """Per-row IDs, labels, split codes (positions in `Manifest.splits`) and sample checksums."""
 
     ids: np.ndarray  # bytes, UTF-8, dtype S<n>
-    labels: np.ndarray | None  # int64
+    # By the manifest's label_kind: class numbers int64 (n,); regression targets float64 (n,); label
+    # sets as np.packbits of each row's multi-hot vector, uint8 (n, ceil(num_classes / 8)).
+    labels: np.ndarray | None
     split_codes: np.ndarray  # int32
     checksums: np.ndarray  # uint32 CRC32 of each sample's C-order bytes
     # Variable-shape samples only (see `ragged`): each sample's shape, int64 (n, ndim), and where its
     # values start in its shard's flat array, int64 (n,).
     shapes: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    weights: np.ndarray | None = None  # float32 sample weights
 
     def to_bytes(self) -> bytes:
         arrays = {"ids": self.ids, "split_codes": self.split_codes, "checksums": self.checksums}
-        if self.labels is not None:
-            arrays["labels"] = self.labels
+        for name in ("labels", "weights"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         arrays.update({k: getattr(self, k) for k in ("shapes", "offsets") if getattr(self, k) is not None})
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -56,15 +61,16 @@ class Index:
                 checksums=arrays["checksums"],
                 shapes=arrays.get("shapes"),
                 offsets=arrays.get("offsets"),
+                weights=arrays.get("weights"),
             )
         except KeyError as exc:
             raise StoreFormatError(f"{where}: index lacks array {exc}") from exc
-        kinds = {"ids": "S", "split_codes": "iu", "checksums": "u", "labels": "iu"}
+        kinds = {"ids": "S", "split_codes": "iu", "checksums": "u", "labels": "iuf", "weights": "f"}
         for name, kind in kinds.items():
             array = getattr(index, name)
             if array is None:
                 continue
-            if array.shape != (num_samples,):
+            if array.shape[:1] != (num_samples,) or (array.ndim != 1 and name != "labels") or array.ndim > 2:
                 raise StoreFormatError(
                     f"{where}: {name} has shape {array.shape}, expected ({num_samples},)"
                 )
@@ -91,10 +97,52 @@ class Index:
         if (self.labels is not None) != manifest.labeled:
             raise StoreFormatError(f"{where}: labels present: {self.labels is not None}, "
                                    f"but the manifest says labeled={manifest.labeled}")  # fmt: skip
-        labels, num_classes = self.labels, manifest.num_classes
-        known = labels is not None and len(labels) and num_classes is not None
-        if known and (labels.min() < 0 or labels.max() >= num_classes):
-            raise StoreFormatError(f"{where}: labels outside 0-{num_classes - 1}")
+        if self.labels is not None:
+            problem = _label_problem(self.labels, manifest.label_kind, manifest.num_classes)
+            if problem:
+                raise StoreFormatError(f"{where}: {problem}")
+        if (self.weights is not None) != manifest.weighted:
+            raise StoreFormatError(f"{where}: weights present: {self.weights is not None}, "
+                                   f"but the manifest says weighted={manifest.weighted}")  # fmt: skip
+        if self.weights is not None and not (np.isfinite(self.weights).all() and (self.weights >= 0).all()):
+            raise StoreFormatError(f"{where}: weights that are not finite numbers >= 0")
+
+
+def label_array(labels: Sequence, kind: str, num_classes: int | None) -> np.ndarray:
+    """The index's labels array for per-sample labels of `kind` (see `Index.labels`)."""
+    if kind == "float":
+        return np.array(labels, dtype=np.float64)
+    if kind == "multi":
+        hot = np.zeros((len(labels), num_classes or 0), dtype=bool)
+        for row, classes in enumerate(labels):
+            hot[row, list(classes)] = True
+        return np.packbits(hot, axis=1)
+    return np.array(labels, dtype=np.int64)
+
+
+def label_sets(packed: np.ndarray, num_classes: int) -> np.ndarray:
+    """Multi-hot rows (bool, n x num_classes) from the index's packed label sets."""
+    return np.unpackbits(packed, axis=1, count=num_classes).astype(bool)
+
+
+def _label_problem(labels: np.ndarray, kind: str, num_classes: int | None) -> str | None:
+    """What is wrong with labels of this kind, or None (a crafted index cannot index past a one-hot row)."""
+    if kind == "float":
+        ok = labels.ndim == 1 and labels.dtype.kind == "f" and bool(np.isfinite(labels).all())
+        return None if ok else "regression labels that are not finite floats"
+    if kind == "multi":
+        width = -(-(num_classes or 0) // 8)
+        if labels.dtype != np.uint8 or labels.shape[1:] != (width,):
+            return f"label sets of shape {labels.shape[1:]}, expected ({width},) bytes per sample"
+        spare = width * 8 - (num_classes or 0)
+        if spare and (labels[:, -1] & ((1 << spare) - 1)).any():
+            return f"label sets naming classes past {num_classes - 1}"
+        return None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        return f"class labels of dtype {labels.dtype} and shape {labels.shape}, expected integers per sample"
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        return f"labels outside 0-{num_classes - 1}"
+    return None
 
 
 def _check_member_sizes(data: bytes) -> None:

@@ -18,13 +18,11 @@ def describe(store: Store) -> dict:
     m = store.manifest
     on_disk = _bytes_on_disk(store)
     raw = m.data_nbytes if m.variable else m.num_samples * m.sample_nbytes
-    histograms = None
-    if store.labels is not None:
-        histograms = {}
-        for name in m.splits:  # the labels present only: a crafted class count costs nothing
-            present, counts = np.unique(store.labels[store.split(name)], return_counts=True)
-            names = store.class_names
-            histograms[name] = {(names[k] if names else str(k)): int(c) for k, c in zip(present.tolist(), counts)}
+    histograms = stats = None
+    if store.label_kind == "float" and store.labels is not None:
+        stats = {name: _stats(store.labels[store.split(name)]) for name in m.splits}
+    elif store.labels is not None:
+        histograms = {name: _histogram(store, store.split(name)) for name in m.splits}
     return {
         "path": str(store.path),
         "backend": m.backend,
@@ -38,7 +36,10 @@ def describe(store: Store) -> dict:
         "splits": dict(m.splits),
         "class_names": m.class_names,
         "num_classes": m.num_classes,
+        "label_kind": m.label_kind if m.labeled else None,
         "label_histogram": histograms,
+        "label_stats": stats,
+        "weights": None if store.weights is None else _stats(store.weights),
         "num_shards": len(m.shards),
         "chunk_rows": m.chunk_rows,
         "shard_rows": m.shard_rows,
@@ -53,6 +54,26 @@ def describe(store: Store) -> dict:
     }
 
 
+def _histogram(store: Store, rows: np.ndarray) -> dict[str, int]:
+    """How many samples of `rows` have each class present (a sample with a label set counts once per
+    class in it); the classes present only, so a crafted class count costs nothing."""
+    labels, names = store.labels[rows], store.class_names
+    if store.label_kind == "multi":
+        counts = labels.sum(axis=0)
+        present = np.flatnonzero(counts)
+        counts = counts[present]
+    else:
+        present, counts = np.unique(labels, return_counts=True)
+    return {(names[k] if names else str(k)): int(c) for k, c in zip(present.tolist(), counts)}
+
+
+def _stats(values: np.ndarray) -> dict[str, float | None]:
+    """Range and mean of regression targets or weights (None for no values)."""
+    if not len(values):
+        return {"min": None, "max": None, "mean": None}
+    return {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
+
+
 def format_summary(summary: dict, show_shards: bool = False) -> str:
     s = summary
     lines = [
@@ -65,8 +86,8 @@ def format_summary(summary: dict, show_shards: bool = False) -> str:
         f"compression  {s['compression']}",
         f"size         {_mb(s['bytes_on_disk'])} on disk, {_mb(s['bytes_raw'])} raw"
         + (f", ratio {s['compression_ratio']:.2f}" if s["compression_ratio"] else ""),
-        "classes      " + (", ".join(s["class_names"]) if s["class_names"] else
-                           (f"{s['num_classes']} (integer labels)" if s["num_classes"] else "unlabeled")),
+        "classes      " + _labels_line(s),
+        *([f"weights      {_stats_text(s['weights'])}"] if s["weights"] else []),
         "splits",
     ]  # fmt: skip
     for name, count in s["splits"].items():
@@ -74,6 +95,8 @@ def format_summary(summary: dict, show_shards: bool = False) -> str:
         if s["label_histogram"]:
             hist = s["label_histogram"][name]
             lines.append("    labels   " + "  ".join(f"{k}:{v}" for k, v in hist.items()))
+        if s["label_stats"]:
+            lines.append(f"    targets  {_stats_text(s['label_stats'][name])}")
     if show_shards:
         lines.append("shards")
         for shard in s["shards"]:
@@ -81,19 +104,37 @@ def format_summary(summary: dict, show_shards: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _labels_line(s: dict) -> str:
+    classes = ", ".join(s["class_names"]) if s["class_names"] else f"{s['num_classes']} classes (integer labels)"
+    return {None: "unlabeled", "float": "none (regression targets)", "multi": f"{classes} (label sets)"}.get(
+        s["label_kind"], classes)  # fmt: skip
+
+
+def _stats_text(stats: dict) -> str:
+    if stats["min"] is None:
+        return "none"
+    return f"{stats['min']:.6g} to {stats['max']:.6g}, mean {stats['mean']:.6g}"
+
+
 def describe_sample(store: Store, sample_id: str) -> dict:
     """Row, shard, label, checksum and value statistics of one sample."""
     row = int(store.rows([sample_id])[0])
     shard = store.manifest.shards[int(store.manifest.locate(np.array([row]))[0])]
     data = store.read([row])[0]
-    label = None if store.labels is None else int(store.labels[row])
+    label = _label_of(store, row)
+    names = store.class_names
+    if isinstance(label, list):
+        class_name = [names[k] for k in label] if names else None
+    else:
+        class_name = names[label] if names and label is not None else None
     return {
         "id": sample_id,
         "row": row,
         "split": store.split_of(np.array([row]))[0],
         "shard": shard.path,
         "label": label,
-        "class_name": store.class_names[label] if store.class_names and label is not None else None,
+        "class_name": class_name,
+        "weight": None if store.weights is None else float(store.weights[row]),
         "checksum": f"crc32:{int(store.checksums[row]):08x}",
         "shape": list(data.shape),
         "dtype": data.dtype.str,
@@ -149,3 +190,12 @@ def _shape_lines(shapes: dict | None) -> list[str]:
     for name, share in shapes["padding"].items():
         lines.append(f"  {name:<12} {share['batch']:.1%} / {share['batch_bucketed']:.1%} / {share['max']:.1%}")
     return lines
+
+
+def _label_of(store: Store, row: int) -> int | float | list[int] | None:
+    if store.labels is None:
+        return None
+    if store.label_kind == "multi":
+        return np.flatnonzero(store.labels[row]).tolist()
+    return float(store.labels[row]) if store.label_kind == "float" else int(store.labels[row])
+

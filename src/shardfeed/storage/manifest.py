@@ -82,6 +82,9 @@ class Manifest:
     # The index file this manifest commits: an append writes a new one beside the old, so that the
     # store stays whole until its new manifest replaces the old one in a single rename.
     index_name: str = INDEX_NAME
+    # "class" (one class number per sample), "float" (a regression target) or "multi" (a set of classes).
+    label_kind: str = "class"
+    weighted: bool = False  # the index holds a weight per sample
     format: str = FORMAT_NAME
     format_version: int = FIXED_SHAPE_VERSION
     # CRC32 of everything above, as written (None in stores made before it existed): split names,
@@ -136,8 +139,9 @@ class Manifest:
         for name in _VARIABLE_SHAPE_FIELDS:  # fixed-shape manifests stay as they were
             if data[name] is None:
                 data.pop(name)
-        if data["index_name"] == INDEX_NAME:  # as before the field existed: older manifests still verify
-            data.pop("index_name")
+        for name, default in _LATER_FIELDS.items():  # as before these existed: older manifests still verify
+            if data[name] == default:
+                data.pop(name)
         return data
 
     def computed_checksum(self) -> int:
@@ -210,6 +214,10 @@ class Manifest:
             problems.append("split sizes do not add up to num_samples")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if self.label_kind not in ("class", "float", "multi"):
+            problems.append(f"label_kind {self.label_kind!r} is not class, float or multi")
+        elif (self.label_kind == "float") != (self.labeled and self.num_classes is None):
+            problems.append("regression labels (label_kind float) and a class count exclude each other")
         if not re.fullmatch(r"index(-[1-9][0-9]{0,8})?\.npz", self.index_name):
             problems.append(f"index_name {self.index_name!r} is not index.npz or index-N.npz")
         names = [*self.splits, *(self.class_names or [])]
@@ -292,7 +300,11 @@ _MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
     "converter": _is_dict,
     "content_checksum": lambda v: v is None or _is_int(v),
     "index_name": _is_str,
+    "label_kind": _is_str,
+    "weighted": lambda v: type(v) is bool,
 }
+# Fields added after format version 1 was first written, with their defaults.
+_LATER_FIELDS = {"index_name": INDEX_NAME, "label_kind": "class", "weighted": False}
 _VARIABLE_SHAPE_FIELDS = ("chunk_elements", "shard_elements", "data_nbytes")  # checked by `validate`
 _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "path": _is_str,
@@ -304,7 +316,7 @@ _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter", "content_checksum", "index_name"}
+_OPTIONAL = {"class_names", "num_classes", "labeled", "source", "converter", "content_checksum", *_LATER_FIELDS}
 
 
 def _check_fields(data: dict, fields: dict[str, Callable[[Any], bool]], where: str) -> None:

@@ -13,6 +13,7 @@ import itertools
 import operator
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +33,7 @@ from .backends import ShardReader, get_backend
 from .backends.rawchunks import ROW_COPY_MIN_BYTES
 from .files import checksum
 from .format import MANIFEST_NAME
-from .index import Index, load_index, load_remote_index
+from .index import Index, label_sets, load_index, load_remote_index
 from .manifest import Manifest, load_manifest, load_remote_manifest
 from .ragged import RaggedIndex, read_list
 
@@ -73,6 +74,7 @@ class Store:
         else:
             self.location = None
             self.path = local_root(path)
+            self._hold_manifest()
             self._manifest_stamp = self._stamp_manifest()
             self.manifest = load_manifest(self.path)
             self._index = load_index(self.path, self.manifest)
@@ -87,11 +89,20 @@ class Store:
         self._readers_pid = os.getpid()
         self._lock = threading.Lock()
 
+    def _hold_manifest(self) -> None:
+        """Keep the manifest open for this store's life: its inode then cannot be reused by the next
+        conversion's manifest, so (inode, size, mtime) tells them apart even within one clock tick."""
+        try:
+            fd = os.open(self.path / MANIFEST_NAME, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return  # no store (yet): opening it says so
+        weakref.finalize(self, os.close, fd)
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_readers"] = {}
         state["_lock"] = None
-        for cached in ("ids", "_id_order"):  # rebuilt on demand: a worker need not receive millions of IDs
+        for cached in ("ids", "_id_order", "_labels"):  # rebuilt on demand: a worker need not receive millions of IDs
             state.pop(cached, None)
         return state
 
@@ -150,7 +161,26 @@ class Store:
 
     @property
     def labels(self) -> np.ndarray | None:
-        return self._index.labels
+        """Per row, by `label_kind`: class numbers (int64), regression targets (float64), or label
+        sets as multi-hot rows (bool, n x num_classes); None for an unlabeled store."""
+        return self._labels
+
+    @cached_property
+    def _labels(self) -> np.ndarray | None:
+        packed = self._index.labels
+        if packed is None or self.manifest.label_kind != "multi":
+            return packed
+        return label_sets(packed, self.manifest.num_classes)
+
+    @property
+    def label_kind(self) -> str:
+        """"class" (one class per sample), "float" (regression) or "multi" (a set of classes per sample)."""
+        return self.manifest.label_kind
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """Each row's sample weight (float32), or None when the store was converted without weights."""
+        return self._index.weights
 
     @property
     def class_names(self) -> list[str] | None:

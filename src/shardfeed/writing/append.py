@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, OptionError, StoreReplacedError
-from ..inputs.labels import read_labels, read_partition
+from ..inputs.labels import read_labels, read_partition, read_weights
 from ..inputs.scan import DEFAULT_SPLIT, SourceSet, scan_sources
 from ..storage.backends import Layout, get_backend
 from ..storage.files import checksum, write_atomic
 from ..storage.format import INDEX_NAME, MANIFEST_NAME
-from ..storage.index import Index, load_index
+from ..storage.index import Index, label_array, load_index
 from ..storage.manifest import Manifest, load_manifest
 from ..urls import is_url, local_root
 from ..version import __version__
@@ -42,28 +42,32 @@ def append(
     *,
     labels: str | os.PathLike | Mapping[str, int | str] | None = None,
     partition: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
+    weights: str | os.PathLike | Mapping[str, float] | None = None,
     workers: int = 1,
     progress: ProgressCallback | None = None,
     on_start: Callable[[SourceSet, Layout], None] | None = None,
 ) -> Manifest:
     """Add the `.npy` samples under `src` (new IDs only, the store's shape and dtype) to the local
-    store at `store`; returns its new manifest. `labels` and `partition` are as for `convert`;
-    labels must use the store's classes, and a store with named splits needs a partition."""
+    store at `store`; returns its new manifest. `labels`, `partition` and `weights` are as for
+    `convert`; labels must be of the store's kind and classes, a store with weights needs weights,
+    and a store with named splits needs a partition."""
     refuse_in_worker()
     if is_url(store):
         raise OptionError(f"{store}: append works on local stores; convert again to write one at a URL")
     if workers < 1:
         raise OptionError(f"workers must be >= 1, got {workers}")
     root = local_root(store)
-    refuse_inputs_inside(root, src, labels, partition)
+    refuse_inputs_inside(root, src, labels, partition, weights=weights)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(labels)
+    if isinstance(weights, (str, os.PathLike)):
+        weights = read_weights(weights)
     if isinstance(partition, (str, os.PathLike)):
         partition = read_partition(partition)
     # Everything is validated before the lock file is made: a refused append leaves no trace.
     old = load_manifest(root)
     index = load_index(root, old)
-    sources = scan_sources(src, labels, partition)
+    sources = scan_sources(src, labels, partition, weights=weights)
     _refuse_variable_shapes(old, sources, root)
     _check_compatible(old, sources, src, partition is not None)
     _refuse_known_ids(index, sources)
@@ -97,6 +101,8 @@ def append(
             labels=None if index.labels is None else np.concatenate([index.labels, new_labels]),
             split_codes=np.concatenate([index.split_codes, [code[s.split] for s in sources.samples]]).astype(np.int32),
             checksums=np.concatenate(checksums).astype(np.uint32),
+            weights=None if index.weights is None else np.concatenate(
+                [index.weights, np.array([s.weight for s in sources.samples], dtype=np.float32)]),
         )  # fmt: skip
         index_bytes = merged.to_bytes()
         index_name = _next_index_name(old.index_name)
@@ -125,6 +131,10 @@ def _check_compatible(old: Manifest, sources: SourceSet, src: str | os.PathLike,
         need = "the store is labeled: give --labels for the new samples" if old.labeled else (
             "the store is unlabeled: append without --labels")  # fmt: skip
         raise InputError(f"{src}: {need}")
+    if old.weighted != (first.weight is not None):
+        need = "the store has sample weights: give --weights for the new samples" if old.weighted else (
+            "the store has no sample weights: append without --weights")  # fmt: skip
+        raise InputError(f"{src}: {need}")
     if not partitioned and set(old.splits) != {DEFAULT_SPLIT}:
         raise InputError(f"{src}: the store has splits {', '.join(old.splits)}: give --partition to say "
                          f"which split each new sample joins")  # fmt: skip
@@ -140,27 +150,35 @@ def _refuse_known_ids(index: Index, sources: SourceSet) -> None:
 
 
 def _labels_in_store_classes(old: Manifest, sources: SourceSet) -> np.ndarray:
-    """The new samples' labels as the store's class numbers (the labels file's rule: an integer is a
-    class number, any other string a class name); a class the store lacks is refused."""
+    """The new samples' labels in the store's terms: class numbers (names mapped to the store's
+    numbers), regression targets, or label sets; a class the store lacks is refused."""
     if not old.labeled:
         return np.zeros(0, dtype=np.int64)
-    if sources.class_names is None:
-        numbers = [s.label for s in sources.samples]
-    else:
-        store_code = {name: k for k, name in enumerate(old.class_names or [])}
-        numbers = []
-        for s in sources.samples:
-            name = sources.class_names[s.label]
+    if sources.label_kind != old.label_kind:
+        raise InputError(f"labels: the new labels are {sources.label_kind!r} labels; the store's are "
+                         f"{old.label_kind!r}")  # fmt: skip
+    if old.label_kind == "float":
+        return label_array([s.label for s in sources.samples], "float", None)
+    store_code = {name: k for k, name in enumerate(old.class_names or [])}
+
+    def in_store(s, number: int) -> int:
+        if sources.class_names is not None:
+            name = sources.class_names[number]
             if name not in store_code:
                 known = ", ".join(old.class_names) if old.class_names else f"numbers 0-{old.num_classes - 1}"
                 raise InputError(f"{s.path}: sample {s.id!r} has label {name!r}, not one of the store's "
                                  f"classes ({known})")  # fmt: skip
-            numbers.append(store_code[name])
-    for s, number in zip(sources.samples, numbers):
+            number = store_code[name]
         if number >= old.num_classes:
             raise InputError(f"{s.path}: sample {s.id!r} has label {number}; the store's classes are "
                              f"0-{old.num_classes - 1}")  # fmt: skip
-    return np.array(numbers, dtype=np.int64)
+        return number
+
+    if old.label_kind == "multi":
+        labels = [tuple(in_store(s, k) for k in s.label) for s in sources.samples]
+    else:
+        labels = [in_store(s, s.label) for s in sources.samples]
+    return label_array(labels, old.label_kind, old.num_classes)
 
 
 def _next_index_name(current: str) -> str:

@@ -10,7 +10,7 @@ from ..inputs.scan import SourceSet
 from ..storage.backends import Layout
 from ..storage.files import checksum, write_atomic
 from ..storage.format import INDEX_NAME, MANIFEST_NAME, VARIABLE_SHAPE_VERSION
-from ..storage.index import Index
+from ..storage.index import Index, label_array
 from ..storage.manifest import Manifest
 from ..version import __version__
 from .faults import fault_point
@@ -35,12 +35,15 @@ def build_index_and_manifest(
     split_names = list(sources.splits)
     code = {name: k for k, name in enumerate(split_names)}
     labeled = sources.samples[0].label is not None
+    weighted = sources.samples[0].weight is not None
+    labels = [s.label for s in sources.samples]
     index = Index(
         ids=np.array([s.id.encode("utf-8") for s in sources.samples]),
-        labels=np.array([s.label for s in sources.samples], dtype=np.int64) if labeled else None,
+        labels=label_array(labels, sources.label_kind, sources.num_classes) if labeled else None,
         split_codes=np.array([code[s.split] for s in sources.samples], dtype=np.int32),
         checksums=checksums,
         **_shapes_and_offsets(sources, layout),
+        weights=np.array([s.weight for s in sources.samples], dtype=np.float32) if weighted else None,
     )
     index_bytes = index.to_bytes()
     manifest = Manifest(
@@ -58,6 +61,8 @@ def build_index_and_manifest(
         class_names=sources.class_names,
         num_classes=sources.num_classes,
         labeled=labeled,
+        label_kind=sources.label_kind,
+        weighted=weighted,
         source={
             "dtype": sources.dtype.str,
             "fortran_order_samples": sum(s.fortran_order for s in sources.samples),

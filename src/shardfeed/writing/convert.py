@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError, OptionError
 from ..inputs.classfolders import is_class_folders
-from ..inputs.labels import read_labels, read_partition
+from ..inputs.labels import read_labels, read_partition, read_weights
 from ..inputs.scan import SourceSet, scan_sources
 from ..storage.backends import Layout, get_backend
 from ..storage.format import COMPRESSIONS
@@ -37,6 +37,7 @@ def convert(
     partition: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
     ids: str | os.PathLike | Sequence[str] | None = None,
     variable_shapes: bool = False,
+    weights: str | os.PathLike | Mapping[str, float] | None = None,
     format: str = "zarr",
     chunk_rows: int | None = None,
     shard_size: str | int = DEFAULT_SHARD_SIZE,
@@ -61,6 +62,9 @@ def convert(
     `labels` and `partition` are file paths (JSON, or CSV `id,label` for labels) or mappings.
     Samples share one shape, unless `variable_shapes`: then their lengths may differ on some axes
     (same dtype and number of dimensions), and the store records each one's shape (`storage.ragged`).
+    Labels are class numbers or names, numbers with a fraction (regression targets) or lists of
+    classes (multi-label); see `inputs.encoding`. `weights` (JSON or CSV `id,weight`, or a mapping)
+    gives every sample a weight >= 0, kept in the index for `DataGenerator(sample_weight=True)`.
     Shards are written by `workers` local processes, or as tasks on a Dask cluster: pass a
     `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
     `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
@@ -76,12 +80,14 @@ def convert(
     _check_options(format, compression, workers, overwrite=overwrite, resume=resume)
     if not is_url(out):
         out = local_root(out)  # `file:///abs/out` is /abs/out, as for SRC and open_store
-        refuse_inputs_inside(out, src, labels, partition, ids)
+        refuse_inputs_inside(out, src, labels, partition, ids, weights)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(labels, storage_options)
+    if isinstance(weights, (str, os.PathLike)):
+        weights = read_weights(weights, storage_options)
     if isinstance(partition, (str, os.PathLike)):
         partition = read_partition(partition, storage_options)
-    sources = scan_sources(src, labels, partition, storage_options, ids)
+    sources = scan_sources(src, labels, partition, storage_options, ids, weights)
     if not variable_shapes:
         sources.refuse_varying_shapes()
     layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
@@ -116,12 +122,12 @@ def _check_options(format: str, compression: str, workers: int, *, overwrite: bo
         raise OptionError("--overwrite and --resume exclude each other")
 
 
-def refuse_inputs_inside(out: Path, src, labels, partition, ids=None) -> None:
+def refuse_inputs_inside(out: Path, src, labels, partition, ids=None, weights=None) -> None:
     """Refuse, before anything is touched, inputs that clearing or writing OUT would destroy: SRC, the
     labels, partition or IDs file inside OUT (links resolved), or OUT itself a `.npy` name in SRC or
     a folder in a SRC of class folders (a resume would scan it as a class)."""
     root = Path(os.path.realpath(out))
-    named = [("SRC", src), ("--labels", labels), ("--partition", partition), ("--ids", ids)]
+    named = [("SRC", src), ("--labels", labels), ("--partition", partition), ("--ids", ids), ("--weights", weights)]
     for what, path in named:
         if isinstance(path, (str, os.PathLike)) and not is_url(path):
             resolved = Path(os.path.realpath(local_root(path)))

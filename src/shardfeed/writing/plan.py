@@ -80,7 +80,8 @@ def stored_dtype(source: np.dtype) -> np.dtype:
 def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
     """Everything that determines the output: a resume must match it exactly. A sample in a file
     holding several also has its place in it (an `--ids` file reordered names other rows)."""
-    inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp, *_place(s.within)] for s in sources.samples]
+    inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp, *_place(s.within), *_weight(s.weight)]
+              for s in sources.samples]  # fmt: skip
     return {
         "format": format,
         "num_samples": layout.num_samples,
@@ -94,6 +95,11 @@ def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
         "class_names": sources.class_names,
         "input_digests": input_digests(inputs),
     }
+
+
+def _weight(weight: float | None) -> list[float]:
+    """A weight, for weighted stores only: the plans of others stay as they were."""
+    return [] if weight is None else [weight]
 
 
 def _place(within: Within | None) -> list:
