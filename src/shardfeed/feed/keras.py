@@ -136,9 +136,11 @@ class DataGenerator(keras.utils.PyDataset):
         self.cursor.end()
 
     def close(self) -> None:
-        """Stop the worker threads or processes now (garbage collection and exit do it too)."""
+        """Stop the worker threads or processes now, and close the store's files (garbage collection
+        and exit do it too); a later batch reopens what it needs."""
         if self.read_ahead is not None:
             self.read_ahead.close()
+        self.store.close()
 
     def __enter__(self) -> DataGenerator:
         return self

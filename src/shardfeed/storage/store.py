@@ -90,18 +90,21 @@ class Store:
         self._lock = threading.Lock()
 
     def _hold_manifest(self) -> None:
-        """Keep the manifest open for this store's life: its inode then cannot be reused by the next
-        conversion's manifest, so (inode, size, mtime) tells them apart even within one clock tick."""
+        """Keep the manifest open while this store reads: its inode then cannot be reused by the next
+        conversion's manifest, so (inode, size, mtime) tells them apart even within one clock tick.
+        `close()` lets go of it; the next shard opened takes it again."""
+        self._manifest_hold = None
         try:
             fd = os.open(self.path / MANIFEST_NAME, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return  # no store (yet): opening it says so
-        weakref.finalize(self, os.close, fd)
+        self._manifest_hold = weakref.finalize(self, os.close, fd)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_readers"] = {}
         state["_lock"] = None
+        state["_manifest_hold"] = None  # an fd of this process; a worker takes its own at its first shard
         for cached in ("ids", "_id_order", "_labels"):  # rebuilt on demand: a worker need not receive millions of IDs
             state.pop(cached, None)
         return state
@@ -353,6 +356,8 @@ class Store:
         """After a shard is opened, the manifest must be the one this store was opened with: `convert
         --overwrite` removes the manifest before it touches a shard, so a shard of another conversion
         never passes for one of this index (its IDs, labels and checksums)."""
+        if self.location is None and getattr(self, "_manifest_hold", None) is None:
+            self._hold_manifest()  # after close(), or in a worker: pin the inode again while reading
         if self._stamp_manifest() != self._manifest_stamp:
             if reader is not None:
                 reader.close()
@@ -376,11 +381,14 @@ class Store:
         return backend.open_reader(self.path, manifest, info, self.fast)
 
     def close(self) -> None:
-        """Close this process's shard readers (they reopen on the next read)."""
+        """Close this process's shard readers and the manifest (they reopen on the next read)."""
         if self._readers_pid == os.getpid():
             for reader in self._readers.values():
                 reader.close()
         self._readers = {}
+        if getattr(self, "_manifest_hold", None) is not None:
+            self._manifest_hold()
+            self._manifest_hold = None
 
     def __enter__(self) -> Store:
         return self
