@@ -173,3 +173,16 @@ def resume_and_compare(inputs: Inputs, out: Path, options: dict, reference: Path
             convert_api(inputs, out, {**options, "workers": 1}, resume=True)
     assert leftovers(out) == []
     assert_same_store(out, reference)
+
+
+def interrupt_after(rows: int):
+    """A progress callback that interrupts the conversion (like Ctrl-C) after `rows` samples."""
+    seen = 0
+
+    def progress(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen >= rows:
+            raise KeyboardInterrupt
+
+    return progress

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from crashkit import assert_same_store
+from crashkit import assert_same_store, interrupt_after
 from test_bad_input import _assert_cli_error, assert_refused
 
 import shardfeed
@@ -72,18 +72,6 @@ def assert_verify_names(store: shardfeed.Store, source, changed: str, **kw) -> N
     report = shardfeed.verify_store(store, source, **kw)
     assert list(report.bad_samples) == [changed], report.bad_samples
     assert "differs from its source" in report.bad_samples[changed]
-
-
-def interrupt_after(rows: int):
-    seen = 0
-
-    def progress(n: int) -> None:
-        nonlocal seen
-        seen += n
-        if seen >= rows:
-            raise KeyboardInterrupt
-
-    return progress
 
 
 def assert_resumes(tmp_path: Path, src, backend: str, **kw) -> None:

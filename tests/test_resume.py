@@ -20,6 +20,7 @@ from crashkit import (
     assert_same_store,
     convert_api,
     convert_argv,
+    interrupt_after,
     leftovers,
     make_inputs,
     run,
@@ -47,19 +48,6 @@ def reference(request, inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"reference-{request.param}") / "store"
     convert_api(inputs, out, options(request.param))
     return request.param, out
-
-
-def interrupt_after(rows: int):
-    """A progress callback that interrupts the conversion (like Ctrl-C) after `rows` samples."""
-    seen = 0
-
-    def progress(n: int) -> None:
-        nonlocal seen
-        seen += n
-        if seen >= rows:
-            raise KeyboardInterrupt
-
-    return progress
 
 
 def interrupted(inputs, out, backend: str, rows: int = 150, **more) -> None:
