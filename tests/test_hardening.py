@@ -417,14 +417,21 @@ def test_unknown_storage_options_are_one_line(capsys):
 @pytest.mark.parametrize("side", ["out", "src"])
 def test_an_unreachable_s3_endpoint_is_one_line_naming_the_url_and_leaves_no_out(tmp_path, make_npy_dir, side,
                                                                                   monkeypatch, capsys):  # fmt: skip
-    pytest.importorskip("s3fs")
-    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
+    s3fs = pytest.importorskip("s3fs")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # The endpoint as options, not AWS_ENDPOINT_URL: fsspec caches file systems by their options, and
+    # one made from the environment here would be handed to later tests that use the same variables.
+    options = json.dumps({"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+                          "config_kwargs": {"retries": {"max_attempts": 1}}})  # fmt: skip
     src, _, _, _ = make_npy_dir(n=4)
     url = "s3://shardfeed-nowhere/data" if side == "src" else "s3://shardfeed-nowhere/out.zarr"
     argv = ["convert", url, str(tmp_path / "out")] if side == "src" else ["convert", str(src), url]
-    assert main([*argv, "--quiet"]) == 1
+    try:
+        assert main([*argv, "--quiet", "--storage-options", options]) == 1
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"shardfeed: error: {url}: Could not connect to the endpoint") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
