@@ -7,6 +7,11 @@ epoch is shorter), reporting the median round's samples/s. Every measurement als
 CPU used by this process tree and by *other* processes (from /proc/stat), because on a shared
 machine a busy neighbour silently halves a figure; such runs are flagged, not hidden.
 
+Beside the mmap gather, the machine's own limits, in samples/s of the same size: memory
+bandwidth (one large copy, `memory_bandwidth`) for warm reads, and the disk's sequential read
+rate (`disk_read_rate`, as `dd` measures it) for cold ones. A gather cannot beat them, and large
+samples should come close: `vs_best` compares a reader with the best limit of its section.
+
 Nothing here imports Keras: `shardfeed bench` only loads it for `--fit` (see `fit.py`).
 """
 
@@ -22,12 +27,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..feed.batches import BatchSource
+from ..storage.alignment import aligned_empty
 from ..storage.store import Store
 
 NOISY_OTHER_CPU = 0.10  # other processes' share of all CPUs above which a figure is flagged
 LIMIT_NAME = "mmap limit"
+MEMORY_NAME = "memory bandwidth (one np.copyto)"
+DISK_NAME = "disk sequential read (dd-style)"
 TUTORIAL_NAME = "tutorial generator"
 MiB = 1 << 20
+COPY_BYTES = 512 * MiB  # well beyond any last-level cache
+DISK_BLOCK = 8 * MiB
 
 
 @dataclass
@@ -35,8 +45,8 @@ class Result:
     """One measured figure: a reader, a `fit` configuration or a conversion.
 
     `other_cpu` is the share of all CPUs (0..1) that processes outside this process tree used
-    while it was measured; `vs_tutorial` and `vs_limit` are filled in by whoever knows the
-    references of its section.
+    while it was measured; `vs_tutorial`, `vs_limit` (the mmap gather) and `vs_best` (the best
+    of its section's limits) are filled in by whoever knows the references of its section.
     """
 
     section: str
@@ -48,6 +58,7 @@ class Result:
     other_cpu: float | None = None
     vs_tutorial: float | None = None
     vs_limit: float | None = None
+    vs_best: float | None = None
     note: str = ""
 
     @property
@@ -200,6 +211,48 @@ class PyDatasetReader:
         self.dataset = None
 
 
+def memory_bandwidth(sample_nbytes: int, *, nbytes: int = COPY_BYTES, rounds: int = 5,
+                     section: str = "readers") -> Result:  # fmt: skip
+    """The warm limit of large samples: one `np.copyto` of `nbytes` between buffers already faulted
+    in, placed so that they do not alias (see `storage.alignment`), as samples/s of `sample_nbytes`."""
+    source, target = aligned_empty(nbytes, np.uint8, 0), aligned_empty(nbytes, np.uint8, 2048)
+    source.fill(1)
+    target.fill(0)
+    rates = []
+    with CpuMonitor() as cpu:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            np.copyto(target, source)
+            rates.append(nbytes / sample_nbytes / (time.perf_counter() - started))
+    return result_from_rates(section, MEMORY_NAME, rates, sample_nbytes, cpu, rounds * nbytes // sample_nbytes)
+
+
+def disk_read_rate(path: str | os.PathLike, sample_nbytes: int, *, seconds: float = 5.0,
+                   section: str = "readers, cold") -> Result | None:  # fmt: skip
+    """The cold limit: `path` read in order in 8 MiB blocks right after its pages were dropped from the
+    page cache (`POSIX_FADV_DONTNEED`, no root needed), for up to `seconds`; None off Linux.
+
+    Nothing may have `path` mapped (a mapped page is not dropped): close the readers of it first.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        block, total = bytearray(DISK_BLOCK), 0
+        with CpuMonitor() as cpu:
+            started = time.perf_counter()
+            while (got := os.readv(fd, [block])) and time.perf_counter() - started < seconds:
+                total += got
+            elapsed = time.perf_counter() - started
+    finally:
+        os.close(fd)
+    rate = total / sample_nbytes / elapsed
+    return result_from_rates(section, DISK_NAME, [rate], sample_nbytes, cpu, total // sample_nbytes,
+                             note="sequential, one file")  # fmt: skip
+
+
 def write_limit_npy(store: Store, rows: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     """Copy `rows` of `store` into one `.npy` at `path`; returns each store row's position in it."""
     out = np.lib.format.open_memmap(
@@ -332,13 +385,20 @@ def measure_readers(
     return results
 
 
-def set_ratios(results: Sequence[Result], tutorial: Result | None, limit: Result | None) -> None:
-    """Fill `vs_tutorial` / `vs_limit` of `results` against the given references."""
+def set_ratios(
+    results: Sequence[Result], tutorial: Result | None, limit: Result | None, limits: Sequence[Result] = ()
+) -> None:
+    """Fill `vs_tutorial` / `vs_limit` of `results` against the given references, and `vs_best`
+    against the best of `limits` (the limit itself among them) when there are any."""
+    candidates = [x for x in (*limits, limit) if x is not None] if limits else []
+    best = max(candidates, key=lambda x: x.samples_per_s, default=None)
     for r in results:
         if tutorial is not None and tutorial.samples_per_s > 0:
             r.vs_tutorial = r.samples_per_s / tutorial.samples_per_s
         if limit is not None and limit.samples_per_s > 0:
             r.vs_limit = r.samples_per_s / limit.samples_per_s
+        if best is not None and best.samples_per_s > 0:
+            r.vs_best = r.samples_per_s / best.samples_per_s
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -350,6 +410,7 @@ COLUMNS = (
     "MB/s",
     "x tutorial",
     "x limit",
+    "x best limit",
     "CPU us/sample",
     "other CPU %",
     "note",
@@ -368,6 +429,7 @@ def _cells(r: Result) -> list[str]:
         num(r.mb_per_s, ",.1f"),
         num(r.vs_tutorial, ".2f"),
         num(r.vs_limit, ".2f"),
+        num(r.vs_best, ".2f"),
         num(r.cpu_us_per_sample, ",.1f"),
         num(None if r.other_cpu is None else 100 * r.other_cpu, ".1f"),
         note or "-",
@@ -377,15 +439,12 @@ def _cells(r: Result) -> list[str]:
 def format_table(results: Sequence[Result], markdown: bool = False) -> str:
     """The results as an aligned text table, or a Markdown table."""
     rows = [list(COLUMNS)] + [_cells(r) for r in results]
+    right = set(range(2, len(COLUMNS) - 1))  # numbers; the names and the note read left to right
     if markdown:
         lines = ["| " + " | ".join(row) + " |" for row in rows]
-        lines.insert(
-            1,
-            "|" + "|".join("---" if k < 2 or k == 8 else "---:" for k in range(len(COLUMNS))) + "|",
-        )
+        lines.insert(1, "|" + "|".join("---:" if k in right else "---" for k in range(len(COLUMNS))) + "|")
         return "\n".join(lines)
     widths = [max(len(row[k]) for row in rows) for k in range(len(COLUMNS))]
-    right = {2, 3, 4, 5, 6, 7}
     return "\n".join(
         "  ".join(
             c.rjust(w) if k in right else c.ljust(w)

@@ -4,7 +4,8 @@ For each profile: the Keras tutorial's layout (data/<ID>.npy, labels.json, parti
 work folder (reused by later runs), converted to HDF5 and Zarr with and without compression;
 then, in this order, conversion against a plain copy of the same bytes; readers in-process on a
 warm page cache (the tutorial generator, the memory-mapped limit, every store with global and
-block shuffle); the same readers on a cold cache (when the page cache can be dropped);
+block shuffle) beside the memory bandwidth; the same readers on a cold cache (when the page cache
+can be dropped) beside the disk's sequential read rate;
 `model.fit` of a trivial model from numpy arrays in memory, the tutorial generator and
 `DataGenerator` (in-process, threads, processes); and the RSS of a process iterating
 `DataGenerator` for two data-set sizes.
@@ -32,6 +33,7 @@ from ..inputs.demo import make_tutorial_dataset
 from ..storage.store import open_store
 from ..writing.convert import convert
 from .harness import (
+    COPY_BYTES,
     LIMIT_NAME,
     TUTORIAL_NAME,
     CpuMonitor,
@@ -40,9 +42,11 @@ from .harness import (
     PyDatasetReader,
     Result,
     StoreReader,
+    disk_read_rate,
     drop_page_cache,
     format_table,
     measure_readers,
+    memory_bandwidth,
     result_from_rates,
     set_ratios,
     write_limit_npy,
@@ -78,6 +82,7 @@ class Profile:
     fit_epochs: int  # the first one traces the model and is left out of the figure
     seconds: float  # time budget per warm reader
     cold_seconds: float  # per cold reader, within its first epoch
+    copy_bytes: int = COPY_BYTES  # of the memory-bandwidth copy
 
     @property
     def sample_nbytes(self) -> int:
@@ -115,10 +120,11 @@ def make_profiles(
     cold = 0.3 if quick else 5.0
     epochs = 2 if quick else 3
     large_n = 512 if quick else 16_384
-    large = Profile("large", large_n, (32, 32, 32, 1), "float32", 6, 64, large_n, epochs, seconds, cold)
+    copy = 64 * MiB if quick else COPY_BYTES  # still twice a large last-level cache
+    large = Profile("large", large_n, (32, 32, 32, 1), "float32", 6, 64, large_n, epochs, seconds, cold, copy)
     small_n = small_samples or (20_000 if quick else 1_000_000)
     small_fit = min(small_n, 5_120 if quick else 65_536)
-    small = Profile("small", small_n, (28, 28), "uint8", 10, 256, small_fit, epochs, seconds, cold)
+    small = Profile("small", small_n, (28, 28), "uint8", 10, 256, small_fit, epochs, seconds, cold, copy)
     return [p for p in (large, small) if which in (p.name, "all")]
 
 
@@ -225,21 +231,34 @@ def reader_factories(
     return factories
 
 
-def run_readers(p: Profile, factories: list, cold: bool, say: Say = quiet) -> list[Result]:
-    """Every reader warm (median of rounds) or cold (first seconds after dropping the cache)."""
+def run_readers(p: Profile, factories: list, cold: bool, npy: Path, say: Say = quiet) -> list[Result]:
+    """Every reader warm (median of rounds) or cold (first seconds after dropping the cache), after
+    the machine's limit: memory bandwidth warm, cold the disk reading `npy` (the limit's data) in order."""
     mode = "cold" if cold else "warm"
+
+    def progress(r: Result) -> None:
+        say(f"[{p.name}] {mode} {r.name}: {r.samples_per_s:,.0f} samples/s")
+
+    if cold:
+        machine = disk_read_rate(npy, p.sample_nbytes, seconds=p.cold_seconds)
+    else:
+        machine = memory_bandwidth(p.sample_nbytes, nbytes=p.copy_bytes)
+    limits = [] if machine is None else [machine]
+    for limit in limits:
+        progress(limit)
     results = measure_readers(
         [(name, make) for name, _, make in factories],
         p.sample_nbytes,
         seconds=p.cold_seconds if cold else p.seconds,
         cold=cold,
         section="readers, cold" if cold else None,
-        on_result=lambda r: say(f"[{p.name}] {mode} {r.name}: {r.samples_per_s:,.0f} samples/s"),
+        on_result=progress,
     )
     by_name = {r.name: r for r in results}
-    for result, (_, shuffle, _) in zip(results, factories, strict=True):
-        set_ratios([result], by_name[TUTORIAL_NAME], by_name[f"{LIMIT_NAME} ({shuffle})"])
-    return results
+    shuffles = [shuffle for _, shuffle, _ in factories]
+    for result, shuffle in zip(limits + results, ["global"] * len(limits) + shuffles, strict=True):
+        set_ratios([result], by_name[TUTORIAL_NAME], by_name[f"{LIMIT_NAME} ({shuffle})"], limits)
+    return limits + results
 
 
 # --- fit and memory -------------------------------------------------------------------------
@@ -294,9 +313,9 @@ def run_profile(p: Profile, root: Path, cold: bool, say: Say = quiet) -> Profile
     npy = root / "limit.npy"
     write_limit_npy(open_store(stores["HDF5"]), np.arange(p.num_samples), npy)
     factories = reader_factories(p, data, labels, partition, stores, npy)
-    report.readers = run_readers(p, factories, cold=False, say=say)
+    report.readers = run_readers(p, factories, cold=False, npy=npy, say=say)
     if cold and drop_page_cache():
-        report.cold = run_readers(p, factories, cold=True, say=say)
+        report.cold = run_readers(p, factories, cold=True, npy=npy, say=say)
     else:
         report.notes.append(
             "cold-cache figures skipped: the page cache could not be dropped "

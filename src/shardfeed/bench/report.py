@@ -118,6 +118,12 @@ HOW = """## How these figures are made
   gathers the same rows (sorted within the batch) from one memory-mapped `.npy` holding every
   sample; `x limit` compares each reader with the limit of the same shuffle mode. MB/s counts
   stored sample bytes.
+- The machine's limits, in samples/s of the profile's size: warm, the *memory bandwidth* (one
+  `np.copyto` of 512 MB between buffers already faulted in, median of 5); cold, the disk's
+  *sequential read* of the limit's `.npy` in 8 MiB blocks right after `posix_fadvise(DONTNEED)`
+  dropped its pages (as `dd` reads). `x best limit` compares each reader with the best of its
+  section's limits (the mmap gather of its shuffle mode included): large samples should come
+  close to the memory bandwidth; small samples are bound by the cost per row, as the gather is.
 - Cold: the page cache is dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before each reader,
   which then reads for a fixed budget within its first epoch.
 - fit: a Flatten+Dense model, `verbose=0`; the median samples/s of epochs 2 and later (epoch 1
@@ -267,6 +273,7 @@ def main(argv: Sequence[str] | None = None, *, repo: Path | None = None, say: Sa
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before Keras loads TensorFlow
     args = parse_args(argv, repo)
     started = time.perf_counter()
+    say(f"cpu: {cpu_line()}")  # figures of one CPU model compare; across models, only ratios do
     profiles = make_profiles(args.profile, quick=args.quick, seconds=args.seconds, small_samples=args.small_samples)
     reports = [run_profile(p, args.workdir / p.name, cold=not args.no_cold, say=say) for p in profiles]
     goals = evaluate(reports)

@@ -196,7 +196,9 @@ class BatchSource:
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
         """`(x,)` or `(x, y)` for batch `index` of `epoch`, in reused buffers (see `buffers`)."""
         rows = len(self.batch_rows(epoch, index))
-        arrays = tuple(self._buffers.take((rows, *shape[1:]), dtype) for shape, dtype in self.specs())
+        (x_shape, x_dtype), *others = self.specs()
+        x = self._buffers.take((rows, *x_shape[1:]), x_dtype, self.store.batch_residue)  # rows are copied in
+        arrays = (x, *(self._buffers.take((rows, *shape[1:]), dtype) for shape, dtype in others))
         self.fill(epoch, index, arrays)
         return arrays
 
@@ -212,7 +214,7 @@ class BatchSource:
         elif self.dtype == self.store.dtype:
             self.store.read(rows, out=x)
         else:
-            stored = self._buffers.take(x.shape, self.store.dtype)
+            stored = self._buffers.take(x.shape, self.store.dtype, self.store.batch_residue)
             np.copyto(x, self.store.read(rows, out=stored), casting="unsafe")
         if self.labels is not None:
             encode_labels(self.store.labels[rows], self.labels, self.store.num_classes, out=out[1][: len(rows)])
@@ -232,7 +234,8 @@ class BatchSource:
 
     def _transformed(self, epoch: int, rows: np.ndarray, x: np.ndarray) -> None:
         """Read the stored samples, then transform each one into its row of `x` (cast to `dtype`)."""
-        stored = self.store.read(rows, out=self._buffers.take((len(rows), *self.store.sample_shape), self.store.dtype))
+        stored = self._buffers.take((len(rows), *self.store.sample_shape), self.store.dtype, self.store.batch_residue)
+        self.store.read(rows, out=stored)
         for i, row in enumerate(rows):
             out = apply(self.transform, stored[i], sample_rng(self.seed, epoch, int(row)),
                         lambda row=row: self._where(row, epoch))  # fmt: skip

@@ -6,7 +6,9 @@ of 64 samples of 128 KiB that costs about as much as copying the samples (1.4 ms
 returns such blocks to the system when they are freed. Reusing batch arrays removes that cost.
 TensorFlow shares a numpy array's memory instead of copying it when the data is 64-byte
 aligned (numpy only guarantees 16): `tf.data.Dataset.from_generator`, which Keras feeds a
-PyDataset through, then costs 0.74 instead of 1.6 ms per 8 MiB batch here.
+PyDataset through, then costs 0.74 instead of 1.6 ms per 8 MiB batch here. Beyond that, where a
+batch starts modulo 4 KiB decides how fast rows are copied into it (`storage.alignment`): callers
+pass the residue their source wants (`Store.batch_residue`), and a buffer is reused only for the same.
 
 A buffer is handed out again only when this pool holds the only references to it and to its
 memory, so a batch that the caller keeps, or that a TensorFlow tensor still shares, is never
@@ -21,7 +23,10 @@ import threading
 
 import numpy as np
 
-ALIGNMENT = 64
+from ..storage.alignment import ALIAS_PERIOD, ALIGNMENT, DEFAULT_RESIDUE, aligned_empty
+
+__all__ = ["ALIGNMENT", "BufferPool", "aligned_empty"]
+
 MAX_BUFFERS = 16
 MAX_POOLED_BYTES = 256 * 2**20
 MIN_POOLED_BYTES = 256 * 2**10  # below this, malloc reuses memory by itself
@@ -31,28 +36,20 @@ MIN_POOLED_BYTES = 256 * 2**10  # below this, malloc reuses memory by itself
 _FREE_ARRAY_REFS, _FREE_OWNER_REFS = 3, 4
 
 
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialized C-contiguous array whose data starts at a multiple of `ALIGNMENT`."""
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    owner = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -owner.ctypes.data % ALIGNMENT
-    return owner[start : start + nbytes].view(dtype).reshape(shape)
-
-
 class BufferPool:
-    """Aligned arrays handed out again once their users have dropped them. Thread-safe."""
+    """Placed arrays handed out again once their users have dropped them. Thread-safe."""
 
     def __init__(self) -> None:
         self._buffers: list[tuple[np.ndarray, np.ndarray]] = []  # (memory owner, array)
         self._lock = threading.Lock()
 
-    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An uninitialized C-contiguous array (aligned if pooled), a free pooled one when there is one."""
+    def take(self, shape: tuple[int, ...], dtype: np.dtype, residue: int | None = None) -> np.ndarray:
+        """An uninitialized C-contiguous array starting at `residue` modulo 4096 (see `aligned_empty`),
+        a free pooled one when there is one; `residue` None: anywhere (nothing is copied in by rows)."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_POOLED_BYTES:  # cheap to fault in, and to copy where TensorFlow must
-            return np.empty(shape, dtype)
+            return np.empty(shape, dtype) if residue is None else aligned_empty(shape, dtype, residue)
         with self._lock:
             for owner, array in self._buffers:
                 if (
@@ -60,9 +57,10 @@ class BufferPool:
                     and array.dtype == dtype
                     and sys.getrefcount(array) == _FREE_ARRAY_REFS
                     and sys.getrefcount(owner) == _FREE_OWNER_REFS
+                    and (residue is None or array.ctypes.data % ALIAS_PERIOD == residue)  # last: `ctypes` is slow
                 ):
                     return array
-            fresh = aligned_empty(shape, dtype)
+            fresh = aligned_empty(shape, dtype, DEFAULT_RESIDUE if residue is None else residue)
             pooled = sum(a.nbytes for _, a in self._buffers)
             if len(self._buffers) < MAX_BUFFERS and pooled + nbytes <= MAX_POOLED_BYTES:
                 self._buffers.append((fresh.base, fresh))

@@ -114,7 +114,8 @@ class ReadAhead:
             return
         if self._pool is None:
             specs = self.source.specs()
-            self._pool = WorkerPool(FillBatch(self.source), specs, self.workers, self.slots)
+            residue = self.source.store.batch_residue  # the slots' samples arrays start where rows copy fast
+            self._pool = WorkerPool(FillBatch(self.source), specs, self.workers, self.slots, residue)
         if self._pool.has_free_slot():
             self._pool.submit(key)
             self._pending.append((key, True))

@@ -32,12 +32,11 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..errors import OptionError
+from ..storage.alignment import ALIAS_PERIOD, ALIGNMENT, DEFAULT_RESIDUE
 
-ALIGNMENT = 64  # TensorFlow shares, rather than copies, numpy memory aligned to this
-# Arrays that start at the same address modulo 4 KiB compete for the same cache sets and stall
-# store-to-load forwarding (4K aliasing) when one loop walks them together, so every array starts
-# on a fresh 4 KiB boundary plus its own multiple of 64 bytes.
-_ALIAS_PERIOD = 4096
+# Where an array starts modulo 4 KiB decides how fast rows are copied into it (4K aliasing, see
+# `storage.alignment`): each slot's arrays start near the residue the ring is given (the store's
+# `batch_residue`), each at its own multiple of 64 bytes from it, so that no two arrays alias either.
 
 Spec = tuple[Sequence[int], DTypeLike]
 
@@ -56,14 +55,21 @@ def _normalize(specs: Sequence[Spec]) -> tuple[tuple[tuple[int, ...], np.dtype],
     return tuple(normalized)
 
 
-def _layout(specs: Sequence[tuple[tuple[int, ...], np.dtype]], slots: int) -> tuple[list[list[int]], int]:
-    """Byte offset of each array of each slot, and the total size (whole pages)."""
-    offsets, end, skews = [], 0, _ALIAS_PERIOD // ALIGNMENT
+def _layout(
+    specs: Sequence[tuple[tuple[int, ...], np.dtype]], slots: int, residue: int
+) -> tuple[list[list[int]], int]:
+    """Byte offset of each array of each slot, and the total size (whole pages).
+
+    Array k (counting over slots) starts on a fresh 4 KiB boundary plus `residue` plus 0, +64,
+    -64, +128, ... bytes: 64 arrays apart, all near `residue`.
+    """
+    offsets, end = [], 0
     for slot in range(slots):
         row = []
         for index, (shape, dtype) in enumerate(specs):
-            skew = (slot * len(specs) + index) % skews * ALIGNMENT
-            start = -(-end // _ALIAS_PERIOD) * _ALIAS_PERIOD + skew
+            k = (slot * len(specs) + index) % (ALIAS_PERIOD // ALIGNMENT)
+            skew = (k + 1) // 2 * ALIGNMENT * (1 if k % 2 else -1)
+            start = -(-end // ALIAS_PERIOD) * ALIAS_PERIOD + (residue + skew) % ALIAS_PERIOD
             row.append(start)
             end = start + math.prod(shape) * dtype.itemsize
         offsets.append(row)
@@ -93,26 +99,30 @@ class SlotRing:
     Args:
         specs: (shape, dtype) of each array of a batch, e.g. `[((64, 32, 32, 32, 1), "float32"), ((64, 6), "float32")]`.
         slots: batches that exist at once: being filled, waiting, or still held by the trainer.
+        residue: where the arrays should start modulo 4096 (give the store's `batch_residue`, the
+            samples being copied in); a multiple of 64. A worker attaches with the same.
 
     The creating process (the trainer) hands slots out (`acquire_free_slot`, `release`) and reads
     them; a worker inherits `fd`, maps the ring with `attach_fd` and writes through `arrays()`.
     Not thread-safe: one trainer thread drives it.
     """
 
-    def __init__(self, specs: Sequence[Spec], slots: int) -> None:
+    def __init__(self, specs: Sequence[Spec], slots: int, residue: int = DEFAULT_RESIDUE) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        self._plan(_normalize(specs), slots)
+        if residue % ALIGNMENT or not 0 <= residue < ALIAS_PERIOD:
+            raise ValueError(f"residue must be a multiple of {ALIGNMENT} in [0, {ALIAS_PERIOD}), got {residue}")
+        self._plan(_normalize(specs), slots, residue)
         self._adopt(_create_memory(self.nbytes, f"{slots} batch slots of {sum(self._sizes)} bytes"))
         self._creator = True
         self._in_flight: set[int] = set()
         self._map()
         self._free_refs = self._refs(0)  # no array of any slot exists yet
 
-    def _plan(self, specs: tuple[tuple[tuple[int, ...], np.dtype], ...], slots: int) -> None:
-        self.specs, self.slots = specs, slots
+    def _plan(self, specs: tuple[tuple[tuple[int, ...], np.dtype], ...], slots: int, residue: int) -> None:
+        self.specs, self.slots, self.residue = specs, slots, residue
         self._sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in specs]
-        self._offsets, self.nbytes = _layout(specs, slots)
+        self._offsets, self.nbytes = _layout(specs, slots, residue)
 
     def _adopt(self, fd: int) -> None:
         self._fd: int | None = fd
@@ -138,10 +148,10 @@ class SlotRing:
         return self._fd
 
     @classmethod
-    def attach_fd(cls, specs: Sequence[Spec], slots: int, fd: int) -> SlotRing:
+    def attach_fd(cls, specs: Sequence[Spec], slots: int, fd: int, residue: int = DEFAULT_RESIDUE) -> SlotRing:
         """In a worker: the ring whose memory `fd` (inherited from the trainer) holds, mapped writable."""
         ring = cls.__new__(cls)
-        ring._plan(_normalize(specs), slots)
+        ring._plan(_normalize(specs), slots, residue)
         ring._adopt(fd)
         ring._creator = False
         ring._map()

@@ -41,6 +41,7 @@ from multiprocessing import connection
 import numpy as np
 
 from ..errors import ShardfeedError, WorkerDiedError
+from ..storage.alignment import DEFAULT_RESIDUE
 from . import launch
 from .ring import SlotRing, Spec
 
@@ -90,6 +91,7 @@ class WorkerPool:
         workers: number of processes.
         slots: batches that exist at once: being filled, ready, or still held by the caller
             (default: two per worker plus two).
+        residue: where the slots' arrays start modulo 4096 (see `SlotRing`).
 
     Call `submit(key)` for each batch, then `get()` once per `submit`: batches come back in
     submission order. Keys and the rows counts cross pipes: keep them small. Not thread-safe.
@@ -101,12 +103,13 @@ class WorkerPool:
         ring_specs: Sequence[Spec],
         workers: int = 2,
         slots: int | None = None,
+        residue: int = DEFAULT_RESIDUE,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         launch.refuse_in_worker()
         payload = pickle.dumps(make_batch)  # before the ring: an unpicklable one fails here, holding nothing
-        self._ring = SlotRing(ring_specs, 2 * workers + 2 if slots is None else slots)
+        self._ring = SlotRing(ring_specs, 2 * workers + 2 if slots is None else slots, residue)
         self._workers: list[_Worker] = []
         self._tasks: dict[int, _Task] = {}  # by sequence number, in submission order
         self._unsent: deque[int] = deque()  # submitted, waiting for a free slot
@@ -124,7 +127,7 @@ class WorkerPool:
             os.close(alive_r)  # only the workers read it
 
     def _start(self, payload: bytes, count: int, alive_r: int) -> None:
-        boot = pickle.dumps((self._ring.specs, self._ring.slots, launch.main_script(), payload))
+        boot = pickle.dumps((self._ring.specs, self._ring.slots, self._ring.residue, launch.main_script(), payload))
         for _ in range(count):  # all start first, so that their interpreters boot in parallel
             process, conn = launch.start(alive_r, self._ring.fd)
             self._workers.append(_Worker(process, process.pid, conn))
@@ -293,8 +296,8 @@ def serve(conn_fd: int, alive_fd: int, ring_fd: int) -> None:
     threading.Thread(target=_exit_with_trainer, args=(alive_fd,), name="exit-with-trainer", daemon=True).start()
     conn = connection.Connection(conn_fd)
     try:
-        specs, slots, script, payload = pickle.loads(conn.recv_bytes())
-        ring = SlotRing.attach_fd(specs, slots, ring_fd)
+        specs, slots, residue, script, payload = pickle.loads(conn.recv_bytes())
+        ring = SlotRing.attach_fd(specs, slots, ring_fd, residue)
         try:
             make_batch = launch.load(payload, script)
         except Exception as exc:  # whatever unpickling the user's objects raises

@@ -29,6 +29,7 @@ from ..errors import (
     UnknownSplitError,
 )
 from ..urls import RemoteLocation, is_url, local_root
+from .alignment import DEFAULT_RESIDUE, aligned_empty, destination_residue
 from .backends import ShardReader, get_backend
 from .backends.rawchunks import ROW_COPY_MIN_BYTES
 from .files import checksum
@@ -85,6 +86,7 @@ class Store:
                                 f"(edited after conversion?); run 'shardfeed verify {self.path}'")  # fmt: skip
         self._shard_starts = self.manifest.shard_starts
         self._large_rows = self.manifest.sample_nbytes >= ROW_COPY_MIN_BYTES  # copied one by one
+        self._batch_residue: int | None = None  # a property of the files: kept across pickling
         self._readers: dict[int, ShardReader] = {}
         self._readers_pid = os.getpid()
         self._lock = threading.Lock()
@@ -210,6 +212,35 @@ class Store:
             raise StoreFormatError(f"{self.path}: the index lists sample ID {ordered[twice[0]].decode()!r} twice")
         return order
 
+    @property
+    def batch_residue(self) -> int:
+        """Where a batch array should start, in bytes modulo 4096, for rows to be copied into it at
+        full speed: away from where this store's rows start (see `alignment`). Known from the first
+        shard read, else from shard 0, opened for that and closed again (a trainer whose worker
+        processes read keeps no shard open)."""
+        if self._batch_residue is None:
+            if self.location is not None or not self.manifest.shards:
+                return DEFAULT_RESIDUE
+            reader = self._open_current(0)
+            try:
+                self._learn_residue(reader)
+            finally:
+                reader.close()
+        return self._batch_residue
+
+    def empty_batch(self, num_rows: int) -> np.ndarray:
+        """An uninitialized array for `read(rows, out=...)` of `num_rows` rows, placed as `batch_residue`
+        says. An `out` of the caller's own that starts page-aligned can read several times slower."""
+        return aligned_empty((num_rows, *self.sample_shape), self.dtype, self.batch_residue)
+
+    def _learn_residue(self, reader: ShardReader) -> int:
+        """`batch_residue`, worked out from one shard's reader (all shards are laid out alike) on first use."""
+        if self._batch_residue is None:
+            runs = reader.raw_runs()
+            nbytes = self.manifest.sample_nbytes
+            self._batch_residue = DEFAULT_RESIDUE if runs is None else destination_residue(runs[1], nbytes)
+        return self._batch_residue
+
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """Rows of `ids` (O(log n) each); unknown IDs raise one KeyError naming them."""
         if isinstance(ids, (str, bytes)):
@@ -248,7 +279,8 @@ class Store:
         """Samples at `rows`, in that order (repeats allowed), in the stored dtype.
 
         Rows are grouped by shard and chunk and each chunk is read once; with `out` given the
-        samples are written straight into it (shape `(len(rows), *sample_shape)`, stored dtype).
+        samples are written straight into it (shape `(len(rows), *sample_shape)`, stored dtype);
+        else into an array placed as `empty_batch` places it.
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if self.ragged is not None:  # variable-shape samples: a list of arrays
@@ -257,20 +289,20 @@ class Store:
                 self._check(rows, samples)
             return samples
         expected = (len(rows), *self.sample_shape)
-        if out is None:
-            out = np.empty(expected, dtype=self.dtype)
-        elif out.shape != expected or out.dtype != self.dtype or not out.flags.c_contiguous:
+        if out is not None and (out.shape != expected or out.dtype != self.dtype or not out.flags.c_contiguous):
             raise ValueError(
                 f"out must be a C-contiguous {self.dtype} array of shape {expected}, "
                 f"got {out.dtype} {out.shape}"
             )
         if len(rows) == 0:
-            return out
+            return aligned_empty(expected, self.dtype) if out is None else out
         lowest, highest = int(rows.min()), int(rows.max())
         if lowest < 0 or highest >= len(self):
             bad = lowest if lowest < 0 else highest
             raise IndexError(f"{self.path}: row {bad} out of range for {len(self)} samples")
         first, last = (np.searchsorted(self._shard_starts, [lowest, highest], side="right") - 1).tolist()
+        if out is None:  # placed for the shard read first: a store missing another shard still reads
+            out = aligned_empty(expected, self.dtype, self._learn_residue(self._reader(first)))
         if first == last and self._reader(first).gather(rows - self._shard_starts[first], out):
             pass  # one shard of raw chunks: rows copied in the caller's order, nothing sorted
         elif first == last or not self._large_rows or not self._copy_each_row(rows, out):
@@ -332,13 +364,18 @@ class Store:
             with self._lock:
                 reader = self._readers.get(shard)
                 if reader is None:
-                    try:
-                        reader = self._open_reader(shard)
-                    except (StoreFormatError, ShardNotFoundError):
-                        self._check_not_replaced(None)  # a shard of the next conversion is not "corrupt"
-                        raise
-                    self._check_not_replaced(reader)
+                    reader = self._open_current(shard)
                     self._readers[shard] = reader
+        return reader
+
+    def _open_current(self, shard: int) -> ShardReader:
+        """A new reader of `shard`, refusing a shard of another conversion than the manifest's."""
+        try:
+            reader = self._open_reader(shard)
+        except (StoreFormatError, ShardNotFoundError):
+            self._check_not_replaced(None)  # a shard of the next conversion is not "corrupt"
+            raise
+        self._check_not_replaced(reader)
         return reader
 
     def _stamp_manifest(self) -> tuple | str | None:

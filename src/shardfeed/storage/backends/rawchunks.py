@@ -99,6 +99,7 @@ class RawChunkReader(ShardReader):
             raise
         self._needed = int((self._offsets + self._sizes).max(initial=0))
         self._run_first, self._views = self._run_views()
+        self._bytes, self._rows = self._row_windows()
 
     def _check_ranges(self, file_size: int) -> None:
         bad = (self._offsets < 0) | (self._sizes < 0) | (self._offsets + self._sizes > file_size)
@@ -115,8 +116,8 @@ class RawChunkReader(ShardReader):
     def _run_views(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """Arrays over each run of raw chunks that lie back to back in the file, in order.
 
-        HDF5 puts an index node after every 64 chunks or so, and Zarr shards are contiguous:
-        a few views cover a shard, so a gather is one fancy index per run, not per chunk.
+        HDF5 puts an index node after every 64 chunks or so, and Zarr shards are contiguous: a few
+        views cover a shard (`raw_runs`: where rows start in memory, rows copied across shards).
         Returns the first row of each run and its view.
         """
         if self._decode is not None or self._mm is None or len(self._offsets) == 0:
@@ -130,6 +131,21 @@ class RawChunkReader(ShardReader):
             for a, b in zip(starts.tolist(), stops.tolist())
         ]
         return starts * self._chunk_rows, views
+
+    def _row_windows(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The file's bytes, and the file seen as an overlapping "row" (a void item of
+        `sample_nbytes`) starting at every byte; None for compressed chunks or empty samples.
+
+        A gather is then one fancy index, `rows[byte offsets]`, across every run of a shard, as it
+        is over the single view of a Zarr shard: HDF5 shards hold a run per ~60 chunks, and a
+        step per run cost small samples 2-3x.
+        """
+        if not self._views or self._sample_nbytes == 0:
+            return None, None
+        row = np.dtype((np.void, self._sample_nbytes))
+        last = int(self._offsets.max()) + self._chunk_nbytes - self._sample_nbytes  # the last row's start
+        rows = np.ndarray((last + 1,), dtype=row, buffer=self._mm, strides=(1,))
+        return np.frombuffer(self._mm, dtype=np.uint8), rows
 
     def _check_size(self) -> None:
         """Refuse to touch a mapping whose file has shrunk below the chunks it must hold."""
@@ -162,20 +178,24 @@ class RawChunkReader(ShardReader):
         return True
 
     def _copy_raw(self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray | None) -> None:
-        """Copy rows (in any order) from the run views; `positions` None means row i to out[i]."""
-        runs = np.searchsorted(self._run_first, local_rows, side="right") - 1
-        if self._sample_nbytes >= ROW_COPY_MIN_BYTES:  # one copy per row, not gather + scatter
-            targets = range(len(local_rows)) if positions is None else positions.tolist()
-            for run, row, pos in zip(runs.tolist(), local_rows.tolist(), targets):
-                out[pos] = self._views[run][row - self._run_first[run]]
-        elif len(self._views) == 1 and positions is None:  # one run, rows in order: one gather
-            # "clip" is never used (rows are checked by Store.read); "raise" would buffer `out`.
+        """Copy rows (in any order) out of the mapping; `positions` None means row i to out[i]."""
+        if self._rows is None or len(local_rows) == 0:
+            return  # nothing to copy: rows of zero bytes
+        if len(self._views) == 1 and positions is None and self._sample_nbytes < ROW_COPY_MIN_BYTES:
+            # One run (Zarr, HDF5 since issue #13): one gather straight into `out`. "clip" is never
+            # used (rows are checked by Store.read); "raise" would buffer `out`.
             np.take(self._views[0], local_rows, axis=0, out=out, mode="clip")
-        else:
-            for run in np.unique(runs).tolist():
-                mine = runs == run
-                rows = self._views[run][local_rows[mine] - self._run_first[run]]
-                out[mine if positions is None else positions[mine]] = rows
+            return
+        chunks, in_chunk = np.divmod(local_rows, self._chunk_rows)
+        starts = self._offsets[chunks] + in_chunk * self._sample_nbytes
+        out_bytes = out.reshape(len(out), -1).view(np.uint8)
+        if self._sample_nbytes >= ROW_COPY_MIN_BYTES:  # one copy per row, not gather + scatter
+            nbytes, targets = self._sample_nbytes, range(len(starts)) if positions is None else positions.tolist()
+            for pos, start in zip(targets, starts.tolist()):
+                out_bytes[pos] = self._bytes[start : start + nbytes]
+        else:  # one gather across runs, through a small temporary (fancy indexing has no `out`)
+            out_rows = out_bytes.view(self._rows.dtype)[:, 0]
+            out_rows[slice(None) if positions is None else positions] = self._rows[starts]
 
     def _read_chunk(self, chunk: int) -> np.ndarray:
         start, size = int(self._offsets[chunk]), int(self._sizes[chunk])
@@ -193,7 +213,7 @@ class RawChunkReader(ShardReader):
 
     def close(self) -> None:
         # docstring inherited
-        self._views = []
+        self._views, self._bytes, self._rows = [], None, None
         if self._mm is not None:
             self._mm.close()
             self._mm = None
