@@ -208,7 +208,7 @@ def test_ctrl_c_in_the_trainer_leaves_no_worker_and_no_shared_memory(row_store):
         assert len(workers) == 2, trainer.stderr.read()
         time.sleep(0.5)
         trainer.send_signal(signal.SIGINT)
-        _, err = trainer.communicate(timeout=30)
+        _, err = trainer.communicate(timeout=120)
     finally:
         trainer.kill()
     assert "KeyboardInterrupt" in err
