@@ -39,8 +39,9 @@ def _open_read(path, fast=True):
     import shardfeed
 
     with shardfeed.open_store(path, fast=fast) as store:
-        for start in range(0, len(store), 64):
-            store.read(np.arange(start, min(start + 64, len(store))))
+        for part in (store, store.targets) if store.targets is not None else (store,):  # targets: `convert --targets`
+            for start in range(0, len(part), 64):
+                part.read(np.arange(start, min(start + 64, len(part))))
 
 
 def _header(path):

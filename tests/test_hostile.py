@@ -742,9 +742,9 @@ def case_manifest_class_names_mismatch(kit, name):
     return _manifest_case(kit, name, lambda m: m.update(class_names=["a", "b"], num_classes=3))
 
 
-@case(r"store format version 3 is newer than this shardfeed reads \(version 2\); upgrade")
+@case(r"store format version 4 is newer than this shardfeed reads \(version 3\); upgrade")
 def case_manifest_newer_version(kit, name):
-    return _manifest_case(kit, name, lambda m: m.update(format_version=3))
+    return _manifest_case(kit, name, lambda m: m.update(format_version=4))
 
 
 @case(r"format_version '1' is not a version number")
@@ -925,6 +925,58 @@ def variable_stores(root: Path) -> dict[str, Path]:
     return stores
 
 
+# Stores with target arrays (`convert --targets`): the 12 samples above, each with a (2,) uint8 target.
+
+
+def target_stores(root: Path, src: Path) -> dict[str, Path]:
+    masks = root / "valid-targets-src"
+    masks.mkdir()
+    for k in range(12):
+        np.save(masks / f"id-{k}.npy", np.full(2, k, "uint8"))
+    stores = {}
+    for backend in ("hdf5", "zarr"):
+        stores[f"{backend}-targets"] = root / f"valid-{backend}-targets"
+        shardfeed.convert(src, stores[f"{backend}-targets"], targets=masks, format=backend, chunk_rows=2,
+                          shard_size=4 * 24)  # fmt: skip
+    return stores
+
+
+@case(r"inconsistent manifest: target arrays need format version 3, not 2")
+def case_targets_in_format_version_2(kit, name):
+    return _manifest_case(kit, name, lambda m: m.update(format_version=2), "zarr-targets")
+
+
+@case(r"targets: the target arrays link to .*outside the store")
+def case_targets_link_outside_the_store(kit, name):
+    store = kit.store(name, "hdf5-targets")
+    outside = store.parent / "elsewhere"
+    (store / "targets").rename(outside)
+    (store / "targets").symlink_to(outside)
+    return kit.open_read(store)
+
+
+@case(r"targets: not the target arrays this store was converted with")
+def case_targets_manifest_edited_with_its_checksum_copied(kit, name):
+    store = kit.store(name, "zarr-targets")
+    edit_json(store / "targets" / "manifest.json", lambda m: m["splits"].update(all=12, extra=0))
+    return kit.open_read(store)
+
+
+@case(r"targets: not the target arrays this store was converted with")
+def case_targets_of_another_store(kit, name):
+    store = kit.store(name, "hdf5-targets")
+    shutil.rmtree(store / "targets")
+    shutil.copytree(kit.stores["hdf5"], store / "targets")  # a whole valid store, of other samples
+    return kit.open_read(store)
+
+
+@case(r"the store's target arrays are missing")
+def case_targets_missing(kit, name):
+    store = kit.store(name, "zarr-targets")
+    shutil.rmtree(store / "targets")
+    return kit.open_read(store)
+
+
 def _index_case(kit, name, backend: str, change: Callable[[dict], None]) -> dict:
     store = kit.store(name, backend)
     arrays = {k: v.copy() for k, v in index_arrays(store).items()}
@@ -1032,6 +1084,7 @@ def corpus(tmp_path_factory):
         shardfeed.convert(src, stores[backend], labels=labels, partition=partition, format=backend,
                           chunk_rows=2, shard_size=4 * 24)  # fmt: skip
     stores.update(variable_stores(root))
+    stores.update(target_stores(root, src))
     kit = Kit(root, root / "canary", stores)
     cases = [{"name": name, **build(kit, name)} for name, (build, _) in CASES.items()]
     cases.append({"name": "control", "action": "allocate", "args": {"nbytes": ADDRESS_SPACE}})

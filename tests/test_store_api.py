@@ -347,7 +347,7 @@ def test_open_refuses_newer_format_version(small_store):
     manifest = json.loads((path / MANIFEST_NAME).read_text())
     manifest["format_version"] = 99
     (path / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(shardfeed.StoreFormatError, match=r"format version 99 is newer.*version 2"):
+    with pytest.raises(shardfeed.StoreFormatError, match=r"format version 99 is newer.*version 3"):
         shardfeed.open_store(path)
 
 

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "per line or a .json list, N of them (default: row numbers, zero-padded: 00..99 for N=100)")
     p.add_argument("--variable-shapes", action="store_true", help="accept samples whose lengths differ on some axes "
                    "(same dtype and number of dimensions); batches are then padded (default: one shape for all)")
+    p.add_argument("--targets", metavar="DIR", help="a target array per sample, stored beside it for "
+                   "DataGenerator(labels='targets'): a folder of <ID>.npy (a mask per image, say), or a .npy of "
+                   "shape (N, ...) or .npz, as for SRC (default: no target arrays)")
     p.add_argument("--format", choices=BACKEND_NAMES, default="zarr", help="store format (default: zarr)")
     p.add_argument("--chunk-rows", type=int, metavar="N", help="samples per chunk, the unit of a random read "
                    "(default: about 256 KiB of samples, 64 KiB when compressed)")
@@ -185,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "converted from (default: checksums only)")
     p.add_argument("--ids", metavar="FILE", help="with a --source that is one .npy: the --ids FILE it was "
                    "converted with (default: row numbers)")
+    p.add_argument("--targets", metavar="DIR", help="also compare each target array with its source: the "
+                   "--targets it was converted from (default: their checksums only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; only problems and the verdict")
     _storage_options_flag(p)
     p.set_defaults(run=_cmd_verify)
@@ -234,13 +239,14 @@ def _json_object(text: str) -> dict:
 class _WriteProgress:
     """convert's and append's progress bar, made once the inputs are validated and counted."""
 
-    def __init__(self, quiet: bool, desc: str) -> None:
+    def __init__(self, quiet: bool, desc: str, arrays_per_sample: int = 1) -> None:
         self.quiet, self.desc, self.bar, self.samples = quiet, desc, None, 0
+        self.arrays_per_sample = arrays_per_sample  # 2 with target arrays: they are written too
         self.started = time.perf_counter()
 
     def on_start(self, sources, layout) -> None:
         self.samples = len(sources.samples)
-        self.bar = _progress_bar(self.samples, self.quiet, desc=self.desc)
+        self.bar = _progress_bar(self.samples * self.arrays_per_sample, self.quiet, desc=self.desc)
         self.sample_nbytes = layout.sample_nbytes
 
     def progress(self, n: int) -> None:
@@ -266,7 +272,7 @@ class _WriteProgress:
             unlisted = manifest.source.get("unlisted_files", 0)
             if unlisted and self.desc == "convert":
                 print(f"note: {unlisted} .npy file(s) in {src} are not in the partition and were not converted")
-        if not manifest.labeled and self.desc == "convert":
+        if not manifest.labeled and manifest.targets_checksum is None and self.desc == "convert":
             print(f"shardfeed: warning: {where} has no labels (no --labels given): its batches are inputs only",
                   file=sys.stderr)  # fmt: skip
 
@@ -274,11 +280,11 @@ class _WriteProgress:
 def _cmd_convert(args) -> int:
     from .writing.convert import convert
 
-    bar = _WriteProgress(args.quiet, "convert")
+    bar = _WriteProgress(args.quiet, "convert", 1 if args.targets is None else 2)
     try:
         manifest = convert(
             args.src, args.out, labels=args.labels, partition=args.partition, ids=args.ids, weights=args.weights,
-            format=args.format,
+            targets=args.targets, format=args.format,
             chunk_rows=args.chunk_rows, shard_size=args.shard_size, compression=args.compression,
             variable_shapes=args.variable_shapes,
             workers=args.workers, overwrite=args.overwrite, resume=args.resume, scheduler=args.scheduler,
@@ -341,9 +347,10 @@ def _cmd_verify(args) -> int:
     from .storage.store import open_store
 
     store = open_store(args.store, storage_options=args.storage_options)
-    bar = _progress_bar(len(store), args.quiet, "verify")
+    arrays = len(store) * (1 if store.manifest.targets_checksum is None else 2)  # samples and their targets
+    bar = _progress_bar(arrays, args.quiet, "verify")
     try:
-        report = verify_store(store, args.source, progress=bar.update, ids=args.ids)
+        report = verify_store(store, args.source, progress=bar.update, ids=args.ids, targets=args.targets)
     finally:
         bar.close()
     for path, reason in report.bad_shards.items():
@@ -354,7 +361,8 @@ def _cmd_verify(args) -> int:
         print(f"... and {len(report.bad_samples) - 1000} more bad samples")
     if report.ok:
         if not args.quiet:
-            print(f"{args.store}: OK, {report.samples_checked} samples match their checksums")
+            targets = f" and {report.targets_checked} target arrays" if report.targets_checked else ""
+            print(f"{args.store}: OK, {report.samples_checked} samples{targets} match their checksums")
         return 0
     print(f"{args.store}: FAILED, {len(report.bad_samples)} bad sample(s) in {len(report.bad_shards)} shard(s)")
     return EXIT_ERROR

@@ -110,6 +110,12 @@ def open_finder(
     return LocalFinder(path)
 
 
+def ids_for(src: str | os.PathLike, ids: str | os.PathLike | Sequence[str] | None):
+    """`ids` if `src` is one `.npy` of shape (N, ...), whose rows they name; else None. Target arrays
+    may be a stacked `.npy` beside a stacked SRC (named by the same IDs) or a folder beside any SRC."""
+    return ids if str(src).rstrip("/").lower().endswith(".npy") else None
+
+
 def scan_sources(
     src: str | os.PathLike,
     labels: Mapping[str, Label] | None = None,

@@ -5,11 +5,16 @@ shard.
 """
 
 FORMAT_NAME = "shardfeed"
-FORMAT_VERSION = 2  # the newest version this shardfeed reads
+FORMAT_VERSION = 3  # the newest version this shardfeed reads
 # Fixed-shape stores are still written as version 1, byte for byte as before version 2 existed; a
-# store of variable-shape samples (`ragged`) is version 2, which older readers refuse in one line.
+# store of variable-shape samples (`ragged`) is version 2, one with target arrays (`TARGETS_DIR`)
+# version 3: older readers refuse each in one line rather than misread it.
 FIXED_SHAPE_VERSION = 1
 VARIABLE_SHAPE_VERSION = 2
+TARGETS_VERSION = 3
+# Per-sample target arrays (`convert --targets`) are a store of their own inside the store, with the
+# same rows, chunk rows and shard rows: every reader, check and tool of a store serves them as well.
+TARGETS_DIR = "targets"
 MAX_SHARD_ELEMENTS_BYTES = 2**44  # a shard cell of a variable-shape store; bounds offsets read from an index
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.npz"

@@ -16,7 +16,8 @@ PADDING_BATCH_SIZE = 32  # the batch size `inspect` reports padding for
 def describe(store: Store) -> dict:
     """Summary of a store; the keys are stable (`inspect --json` prints this dict)."""
     m = store.manifest
-    on_disk = _bytes_on_disk(store)
+    targets = _targets(store)
+    on_disk = _bytes_on_disk(store) - (targets["bytes_on_disk"] if targets else 0)  # the samples' own
     raw = m.data_nbytes if m.variable else m.num_samples * m.sample_nbytes
     histograms = stats = None
     if store.label_kind == "float" and store.labels is not None:
@@ -40,6 +41,7 @@ def describe(store: Store) -> dict:
         "label_histogram": histograms,
         "label_stats": stats,
         "weights": None if store.weights is None else _stats(store.weights),
+        "targets": targets,
         "num_shards": len(m.shards),
         "chunk_rows": m.chunk_rows,
         "shard_rows": m.shard_rows,
@@ -52,6 +54,16 @@ def describe(store: Store) -> dict:
             for s in m.shards
         ],
     }
+
+
+def _targets(store: Store) -> dict | None:
+    """The target arrays' shape, dtype and size (their own store: `inspect STORE/targets` says all)."""
+    targets = store.targets
+    if targets is None:
+        return None
+    m = targets.manifest
+    return {"sample_shape": list(m.sample_shape), "dtype": m.dtype, "variable_shapes": _variable_shapes(targets),
+            "bytes_on_disk": _bytes_on_disk(targets)}  # fmt: skip
 
 
 def _histogram(store: Store, rows: np.ndarray) -> dict[str, int]:
@@ -88,6 +100,7 @@ def format_summary(summary: dict, show_shards: bool = False) -> str:
         + (f", ratio {s['compression_ratio']:.2f}" if s["compression_ratio"] else ""),
         "classes      " + _labels_line(s),
         *([f"weights      {_stats_text(s['weights'])}"] if s["weights"] else []),
+        *_target_lines(s.get("targets")),
         "splits",
     ]  # fmt: skip
     for name, count in s["splits"].items():
@@ -102,6 +115,13 @@ def format_summary(summary: dict, show_shards: bool = False) -> str:
         for shard in s["shards"]:
             lines.append(f"  {shard['path']:<32} rows {shard['first_row']}-{shard['last_row']}  {_mb(shard['nbytes'])}")
     return "\n".join(lines)
+
+
+def _target_lines(targets: dict | None) -> list[str]:
+    if targets is None:
+        return []
+    return [f"targets      a {targets['dtype']} array of shape {tuple(targets['sample_shape'])} per sample, "
+            f"{_mb(targets['bytes_on_disk'])} on disk", *_shape_lines(targets["variable_shapes"])]  # fmt: skip
 
 
 def _labels_line(s: dict) -> str:

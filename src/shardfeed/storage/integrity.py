@@ -18,10 +18,10 @@ import numpy as np
 from ..errors import InputError, ShardfeedError
 from ..inputs.finder import SampleFinder
 from ..inputs.samples import SampleRef, read_samples
-from ..inputs.scan import open_finder
+from ..inputs.scan import ids_for, open_finder
 from .backends import Layout, ShardReader
 from .files import checksum, file_checksum
-from .format import MANIFEST_NAME
+from .format import MANIFEST_NAME, TARGETS_DIR
 from .manifest import ShardInfo
 from .ragged import shard_checksums
 from .store import Store
@@ -35,6 +35,7 @@ class VerifyReport:
     """What `verify_store` found; `ok` only when every shard and sample matched."""
 
     samples_checked: int = 0
+    targets_checked: int = 0  # target arrays (`Store.targets`), checked as samples are
     bad_shards: dict[str, str] = field(default_factory=dict)  # shard path -> reason
     bad_samples: dict[str, str] = field(default_factory=dict)  # sample ID -> reason
 
@@ -62,12 +63,14 @@ def verify_store(
     source: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
     ids: str | os.PathLike | Sequence[str] | None = None,
+    targets: str | os.PathLike | None = None,
 ) -> VerifyReport:
-    """Check every sample against its checksum, and with `source` against its source.
+    """Check every sample against its checksum, and with `source` against its source; and so the
+    target arrays, if the store has them, against their source `targets`.
 
     `source` is what the store was converted from (a folder, a folder per class, a `.npy` of shape
     (N, ...) with the same `ids` as then, an `.npz`, or an fsspec URL, opened with the store's
-    storage options).
+    storage options); `targets` likewise what `--targets` was.
     """
     report = VerifyReport()
     finder = None if source is None else open_finder(source, store.storage_options, ids)
@@ -105,7 +108,33 @@ def verify_store(
             _compare_with_source(store, finder, shard.first_row, shard.last_row + 1, report)
         if progress:
             progress(shard.num_rows)
+    if manifest.targets_checksum is not None:
+        _verify_targets(store, targets, progress, ids, report)
+    elif targets is not None:
+        report.bad_shards[MANIFEST_NAME] = f"the store has no target arrays to compare with {targets}"
     return report
+
+
+def _verify_targets(store: Store, source, progress, ids, report: VerifyReport) -> None:
+    """The target arrays, verified as a store of their own; what is wrong is reported under their
+    shard paths (`targets/...`) and their samples' IDs."""
+    try:
+        targets = store.targets
+    except ShardfeedError as exc:
+        report.bad_shards[TARGETS_DIR] = str(exc)
+        for sample_id in store.ids:
+            _add_reason(report.bad_samples, sample_id, "its target array is unreadable")
+        return
+    found = verify_store(targets, source, progress, None if source is None else ids_for(source, ids))
+    for path, reason in found.bad_shards.items():
+        report.bad_shards[f"{TARGETS_DIR}/{path}"] = reason
+    for sample_id, reason in found.bad_samples.items():
+        _add_reason(report.bad_samples, sample_id, f"its target array: {reason}")
+    report.targets_checked = found.samples_checked
+
+
+def _add_reason(reasons: dict[str, str], sample_id: str, reason: str) -> None:
+    reasons[sample_id] = f"{reasons[sample_id]}; {reason}" if sample_id in reasons else reason
 
 
 def _shard_checksums(store: Store, k: int, layout: Layout) -> np.ndarray:

@@ -33,6 +33,7 @@ from .format import (
     MAX_CHUNK_BYTES,
     MAX_MANIFEST_BYTES,
     MAX_SHARD_ELEMENTS_BYTES,
+    TARGETS_VERSION,
     VARIABLE_SHAPE_VERSION,
     WORK_DIR,
 )
@@ -85,6 +86,9 @@ class Manifest:
     # "class" (one class number per sample), "float" (a regression target) or "multi" (a set of classes).
     label_kind: str = "class"
     weighted: bool = False  # the index holds a weight per sample
+    # The content checksum of the target arrays' own manifest (`format.TARGETS_DIR`), when the store has
+    # them: this manifest commits to exactly those targets, as it does to its index.
+    targets_checksum: int | None = None
     format: str = FORMAT_NAME
     format_version: int = FIXED_SHAPE_VERSION
     # CRC32 of everything above, as written (None in stores made before it existed): split names,
@@ -218,6 +222,8 @@ class Manifest:
             problems.append(f"label_kind {self.label_kind!r} is not class, float or multi")
         elif (self.label_kind == "float") != (self.labeled and self.num_classes is None):
             problems.append("regression labels (label_kind float) and a class count exclude each other")
+        if self.targets_checksum is not None and self.format_version < TARGETS_VERSION:
+            problems.append(f"target arrays need format version {TARGETS_VERSION}, not {self.format_version}")
         if not re.fullmatch(r"index(-[1-9][0-9]{0,8})?\.npz", self.index_name):
             problems.append(f"index_name {self.index_name!r} is not index.npz or index-N.npz")
         names = [*self.splits, *(self.class_names or [])]
@@ -302,9 +308,10 @@ _MANIFEST_FIELDS: dict[str, Callable[[Any], bool]] = {
     "index_name": _is_str,
     "label_kind": _is_str,
     "weighted": lambda v: type(v) is bool,
+    "targets_checksum": lambda v: v is None or _is_int(v),
 }
 # Fields added after format version 1 was first written, with their defaults.
-_LATER_FIELDS = {"index_name": INDEX_NAME, "label_kind": "class", "weighted": False}
+_LATER_FIELDS = {"index_name": INDEX_NAME, "label_kind": "class", "weighted": False, "targets_checksum": None}
 _VARIABLE_SHAPE_FIELDS = ("chunk_elements", "shard_elements", "data_nbytes")  # checked by `validate`
 _SHARD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "path": _is_str,

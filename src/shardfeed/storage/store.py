@@ -24,6 +24,7 @@ from ..errors import (
     ChecksumError,
     ShardNotFoundError,
     StoreFormatError,
+    StoreNotFoundError,
     StoreReplacedError,
     UnknownIDError,
     UnknownSplitError,
@@ -33,7 +34,7 @@ from .alignment import DEFAULT_RESIDUE, aligned_empty, destination_residue
 from .backends import ShardReader, get_backend
 from .backends.rawchunks import ROW_COPY_MIN_BYTES
 from .files import checksum
-from .format import MANIFEST_NAME
+from .format import MANIFEST_NAME, TARGETS_DIR
 from .index import Index, label_sets, load_index, load_remote_index
 from .manifest import Manifest, load_manifest, load_remote_manifest
 from .ragged import RaggedIndex, read_list
@@ -186,6 +187,25 @@ class Store:
     def weights(self) -> np.ndarray | None:
         """Each row's sample weight (float32), or None when the store was converted without weights."""
         return self._index.weights
+
+    @cached_property
+    def targets(self) -> Store | None:
+        """The per-sample target arrays (`convert --targets`; a mask per image, say), or None: a store
+        of their own inside this one (`format.TARGETS_DIR`), row for row with this one's samples."""
+        if self.manifest.targets_checksum is None:
+            return None
+        where = f"{self.location.url}/{TARGETS_DIR}" if self.location is not None else self.path / TARGETS_DIR
+        if self.location is None and not Path(os.path.realpath(where)).is_relative_to(os.path.realpath(self.path)):
+            raise StoreFormatError(f"{where}: the target arrays link to {os.path.realpath(where)}, outside the store")
+        try:
+            targets = Store(where, fast=self.fast, verify=self.verify, storage_options=self.storage_options)
+        except StoreNotFoundError as exc:
+            raise StoreFormatError(f"{self.path}: the store's target arrays are missing ({exc})") from exc
+        if (targets.manifest.computed_checksum() != self.manifest.targets_checksum or len(targets) != len(self)
+                or not np.array_equal(targets._index.ids, self._index.ids)):  # fmt: skip
+            raise StoreFormatError(f"{where}: not the target arrays this store was converted with (another "
+                                   f"conversion's, or edited); convert again")  # fmt: skip
+        return targets
 
     @property
     def class_names(self) -> list[str] | None:
@@ -423,6 +443,8 @@ class Store:
             for reader in self._readers.values():
                 reader.close()
         self._readers = {}
+        if self.__dict__.get("targets") is not None:
+            self.targets.close()
         if getattr(self, "_manifest_hold", None) is not None:
             self._manifest_hold()
             self._manifest_hold = None

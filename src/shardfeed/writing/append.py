@@ -66,6 +66,9 @@ def append(
         partition = read_partition(partition)
     # Everything is validated before the lock file is made: a refused append leaves no trace.
     old = load_manifest(root)
+    if old.targets_checksum is not None:
+        raise OptionError(f"{root}: the store has target arrays (--targets), which append does not extend; "
+                          f"convert again with all samples and --targets")  # fmt: skip
     index = load_index(root, old)
     sources = scan_sources(src, labels, partition, weights=weights)
     _refuse_variable_shapes(old, sources, root)

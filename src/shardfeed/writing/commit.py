@@ -9,7 +9,7 @@ import numpy as np
 from ..inputs.scan import SourceSet
 from ..storage.backends import Layout
 from ..storage.files import checksum, write_atomic
-from ..storage.format import INDEX_NAME, MANIFEST_NAME, VARIABLE_SHAPE_VERSION
+from ..storage.format import FIXED_SHAPE_VERSION, INDEX_NAME, MANIFEST_NAME, TARGETS_VERSION, VARIABLE_SHAPE_VERSION
 from ..storage.index import Index, label_array
 from ..storage.manifest import Manifest
 from ..version import __version__
@@ -17,9 +17,12 @@ from .faults import fault_point
 from .shardtask import ShardRecord
 
 
-def commit_local(root: Path, sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord]) -> Manifest:
-    """Write the index, then the manifest: from this moment the store exists."""
-    index_bytes, manifest = build_index_and_manifest(sources, layout, format, records)
+def commit_local(
+    root: Path, sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord],
+    targets: Manifest | None = None,
+) -> Manifest:  # fmt: skip
+    """Write the index, then the manifest: from this moment the store exists (with its `targets`)."""
+    index_bytes, manifest = build_index_and_manifest(sources, layout, format, records, targets)
     write_atomic(root / INDEX_NAME, index_bytes)
     fault_point("index-written")
     write_atomic(root / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
@@ -28,9 +31,10 @@ def commit_local(root: Path, sources: SourceSet, layout: Layout, format: str, re
 
 
 def build_index_and_manifest(
-    sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord]
+    sources: SourceSet, layout: Layout, format: str, records: list[ShardRecord], targets: Manifest | None = None
 ) -> tuple[bytes, Manifest]:
-    """The index's bytes and the manifest that commits them, from the finished shards."""
+    """The index's bytes and the manifest that commits them, from the finished shards (and the target
+    arrays' manifest, when there are targets)."""
     checksums = np.concatenate([r.checksums for r in records]).astype(np.uint32)
     split_names = list(sources.splits)
     code = {name: k for k, name in enumerate(split_names)}
@@ -55,6 +59,7 @@ def build_index_and_manifest(
         shard_rows=layout.shard_rows,
         compression=layout.compression,
         **_flat_arrays(layout),
+        format_version=_format_version(layout, targets),
         splits=dict(sources.splits),
         shards=tuple(r.info for r in records),
         index_checksum=checksum(index_bytes),
@@ -63,6 +68,7 @@ def build_index_and_manifest(
         labeled=labeled,
         label_kind=sources.label_kind,
         weighted=weighted,
+        targets_checksum=None if targets is None else targets.computed_checksum(),
         source={
             "dtype": sources.dtype.str,
             "fortran_order_samples": sum(s.fortran_order for s in sources.samples),
@@ -84,9 +90,16 @@ def _shapes_and_offsets(sources: SourceSet, layout: Layout) -> dict[str, np.ndar
     return {"shapes": sources.shapes.astype(np.int64), "offsets": offsets.astype(np.int64)}
 
 
+def _format_version(layout: Layout, targets: Manifest | None) -> int:
+    """The oldest version that holds what this store has: older readers refuse it in one line."""
+    if targets is not None:
+        return TARGETS_VERSION
+    return VARIABLE_SHAPE_VERSION if layout.variable else FIXED_SHAPE_VERSION
+
+
 def _flat_arrays(layout: Layout) -> dict:
-    """The manifest's fields of variable-shape samples, and the format version that has them."""
+    """The manifest's fields of variable-shape samples."""
     if not layout.variable:
         return {}
     return {"chunk_elements": layout.chunk_elements, "shard_elements": layout.shard_elements,
-            "data_nbytes": layout.data_nbytes, "format_version": VARIABLE_SHAPE_VERSION}  # fmt: skip
+            "data_nbytes": layout.data_nbytes}  # fmt: skip

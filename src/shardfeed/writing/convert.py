@@ -17,16 +17,17 @@ from ..errors import InputError, OptionError
 from ..inputs.classfolders import is_class_folders
 from ..inputs.labels import read_labels, read_partition, read_weights
 from ..inputs.scan import SourceSet, scan_sources
-from ..storage.backends import Layout, get_backend
+from ..storage.backends import Backend, Layout, get_backend
 from ..storage.format import COMPRESSIONS
 from ..storage.manifest import Manifest
 from ..urls import is_url, local_root
 from .cluster import dask_client, run_on_dask
 from .local import convert_local
-from .plan import DEFAULT_SHARD_SIZE, choose_layout, make_tasks, parse_size
+from .plan import DEFAULT_SHARD_SIZE, choose_layout, layout_like, make_tasks, parse_size
 from .pool import ProgressCallback, refuse_in_worker, run_tasks
 from .remote import convert_remote
 from .shardtask import ShardRecord, ShardTask
+from .targets import convert_targets, scan_targets
 
 
 def convert(
@@ -37,6 +38,7 @@ def convert(
     partition: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
     ids: str | os.PathLike | Sequence[str] | None = None,
     variable_shapes: bool = False,
+    targets: str | os.PathLike | None = None,
     weights: str | os.PathLike | Mapping[str, float] | None = None,
     format: str = "zarr",
     chunk_rows: int | None = None,
@@ -62,6 +64,10 @@ def convert(
     `labels` and `partition` are file paths (JSON, or CSV `id,label` for labels) or mappings.
     Samples share one shape, unless `variable_shapes`: then their lengths may differ on some axes
     (same dtype and number of dimensions), and the store records each one's shape (`storage.ragged`).
+    `targets` is a second folder of `<ID>.npy` (or `.npy` of shape (N, ...) rows named as SRC's, or
+    `.npz`) holding a target array per sample (a segmentation mask, say), validated as the samples
+    are; they are stored beside the samples, row for row (`writing.targets`), for
+    `DataGenerator(labels="targets")`; `progress` then counts their rows too.
     Labels are class numbers or names, numbers with a fraction (regression targets) or lists of
     classes (multi-label); see `inputs.encoding`. `weights` (JSON or CSV `id,weight`, or a mapping)
     gives every sample a weight >= 0, kept in the index for `DataGenerator(sample_weight=True)`.
@@ -80,7 +86,7 @@ def convert(
     _check_options(format, compression, workers, overwrite=overwrite, resume=resume)
     if not is_url(out):
         out = local_root(out)  # `file:///abs/out` is /abs/out, as for SRC and open_store
-        refuse_inputs_inside(out, src, labels, partition, ids, weights)
+        refuse_inputs_inside(out, src, labels, partition, ids, weights, targets)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(labels, storage_options)
     if isinstance(weights, (str, os.PathLike)):
@@ -91,10 +97,12 @@ def convert(
     if not variable_shapes:
         sources.refuse_varying_shapes()
     layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
-    problem = backend.unstorable(layout.sample_shape, layout.dtype)
-    if problem:
-        first = sources.samples[0]
-        raise InputError(f"{first.path}: sample {first.id!r} (and every sample) has {problem}")
+    _refuse_unstorable(backend, layout, sources)
+    target_sources = None
+    if targets is not None:
+        target_sources = scan_targets(targets, sources, variable_shapes=variable_shapes,
+                                      storage_options=storage_options, ids=ids)  # fmt: skip
+        _refuse_unstorable(backend, layout_like(target_sources, layout), target_sources)
     if on_start:
         on_start(sources, layout)
 
@@ -103,11 +111,24 @@ def convert(
         def run(todo: list[ShardTask]) -> Iterator[ShardRecord]:
             return run_tasks(todo, workers, progress) if cluster is None else run_on_dask(todo, progress, cluster)
 
+        def write_targets(resuming: bool) -> Manifest:
+            return convert_targets(out, target_sources, layout, backend, run, progress,
+                                   storage_options=storage_options, resume=resuming)  # fmt: skip
+
+        finish = None if target_sources is None else write_targets
         tasks = make_tasks(sources, layout, format, out, storage_options)
         if is_url(out):
             return convert_remote(out, sources, layout, backend, tasks, storage_options=storage_options,
-                                  overwrite=overwrite, resume=resume, run=run)  # fmt: skip
-        return convert_local(out, sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume)
+                                  overwrite=overwrite, resume=resume, run=run, write_targets=finish)  # fmt: skip
+        return convert_local(out, sources, layout, backend, tasks, run, progress, overwrite=overwrite, resume=resume,
+                             targets=None if targets is None else str(targets), write_targets=finish)  # fmt: skip
+
+
+def _refuse_unstorable(backend: Backend, layout: Layout, sources: SourceSet) -> None:
+    problem = backend.unstorable(layout.sample_shape, layout.dtype)
+    if problem:
+        first = sources.samples[0]
+        raise InputError(f"{first.path}: sample {first.id!r} (and every sample) has {problem}")
 
 
 def _check_options(format: str, compression: str, workers: int, *, overwrite: bool, resume: bool) -> None:
@@ -122,12 +143,13 @@ def _check_options(format: str, compression: str, workers: int, *, overwrite: bo
         raise OptionError("--overwrite and --resume exclude each other")
 
 
-def refuse_inputs_inside(out: Path, src, labels, partition, ids=None, weights=None) -> None:
+def refuse_inputs_inside(out: Path, src, labels, partition, ids=None, weights=None, targets=None) -> None:
     """Refuse, before anything is touched, inputs that clearing or writing OUT would destroy: SRC, the
     labels, partition or IDs file inside OUT (links resolved), or OUT itself a `.npy` name in SRC or
     a folder in a SRC of class folders (a resume would scan it as a class)."""
     root = Path(os.path.realpath(out))
-    named = [("SRC", src), ("--labels", labels), ("--partition", partition), ("--ids", ids), ("--weights", weights)]
+    named = [("SRC", src), ("--labels", labels), ("--partition", partition), ("--ids", ids), ("--weights", weights),
+             ("--targets", targets)]
     for what, path in named:
         if isinstance(path, (str, os.PathLike)) and not is_url(path):
             resolved = Path(os.path.realpath(local_root(path)))

@@ -31,15 +31,19 @@ def convert_local(
     *,
     overwrite: bool,
     resume: bool,
+    targets: str | None = None,
+    write_targets: Callable[[bool], Manifest] | None = None,
 ) -> Manifest:
-    """A local store: lock it, start (or resume) its work directory, write the missing shards, commit."""
+    """A local store: lock it, start (or resume) its work directory, write the missing shards, commit.
+    `write_targets(resuming)` converts the target arrays (from `targets`) before the commit."""
     if not resume:
         check_free_space(root, layout, layout.num_samples)
     _prepare_output(root, overwrite=overwrite, resume=resume)
     with StoreLock(root):
         work = WorkDir(root)
-        plan = plan_record(sources, layout, backend.name)
-        if resume and work.exists():
+        plan = plan_record(sources, layout, backend.name, targets)
+        resuming = resume and work.exists()
+        if resuming:
             samples = sources.samples
             work.check_plan(plan, lambda i: f"{samples[i].path} (sample {samples[i].id!r})")
             done = work.verified_records(backend, layout, progress, sources.shapes)
@@ -55,7 +59,9 @@ def convert_local(
                 work.save_record(record)
                 fault_point("record-saved")
                 done[record.info.first_row // layout.shard_rows] = record
-            manifest = commit_local(root, sources, layout, backend.name, [done[k] for k in sorted(done)])
+            target_manifest = None if write_targets is None else write_targets(resuming)
+            manifest = commit_local(root, sources, layout, backend.name, [done[k] for k in sorted(done)],
+                                    target_manifest)  # fmt: skip
         except OSError as exc:
             if not isinstance(exc, DiskFullError) and exc.errno not in DISK_FULL_ERRNOS:
                 raise

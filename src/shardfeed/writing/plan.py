@@ -51,11 +51,19 @@ def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int, c
     if chunk_rows < 1:
         raise OptionError(f"chunk rows must be >= 1, got {chunk_rows}")
     chunk_rows = min(chunk_rows, n)
-    if chunk_rows * nbytes >= 2**32:
-        raise OptionError(f"a chunk of {chunk_rows} samples of {nbytes} bytes exceeds 4 GiB; lower --chunk-rows")
     shard_rows = max(1, shard_size // (nbytes * chunk_rows)) * chunk_rows
     shard_rows = min(shard_rows, math.ceil(n / chunk_rows) * chunk_rows)
-    layout = Layout(n, sources.sample_shape, stored_dtype(sources.dtype), chunk_rows, shard_rows, compression)
+    return layout_like(sources, Layout(n, sources.sample_shape, sources.dtype, chunk_rows, shard_rows, compression))
+
+
+def layout_like(sources: SourceSet, layout: Layout) -> Layout:
+    """`layout`'s rows per chunk and shard and its compression, for `sources`' shape and dtype: the
+    samples' own, or their target arrays' (`writing.targets`), which share the samples' rows."""
+    nbytes = sources.sample_nbytes
+    if layout.chunk_rows * nbytes >= 2**32:
+        raise OptionError(f"a chunk of {layout.chunk_rows} samples of {nbytes} bytes exceeds 4 GiB; lower --chunk-rows")
+    layout = Layout(len(sources.samples), sources.sample_shape, stored_dtype(sources.dtype), layout.chunk_rows,
+                    layout.shard_rows, layout.compression)  # fmt: skip
     return layout if sources.shapes is None else _with_flat_arrays(layout, sources)
 
 
@@ -77,9 +85,10 @@ def stored_dtype(source: np.dtype) -> np.dtype:
     return source.newbyteorder("<") if source.byteorder == ">" else source
 
 
-def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
+def plan_record(sources: SourceSet, layout: Layout, format: str, targets: str | None = None) -> dict:
     """Everything that determines the output: a resume must match it exactly. A sample in a file
-    holding several also has its place in it (an `--ids` file reordered names other rows)."""
+    holding several also has its place in it (an `--ids` file reordered names other rows). The target
+    arrays' own plan covers their files; this one names where they come from, if they do."""
     inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp, *_place(s.within), *_weight(s.weight)]
               for s in sources.samples]  # fmt: skip
     return {
@@ -94,6 +103,7 @@ def plan_record(sources: SourceSet, layout: Layout, format: str) -> dict:
         "compression": layout.compression,
         "class_names": sources.class_names,
         "input_digests": input_digests(inputs),
+        **({} if targets is None else {"targets": targets}),
     }
 
 

@@ -32,7 +32,10 @@ def convert_remote(
     overwrite: bool,
     resume: bool,
     run: Callable[[list[ShardTask]], Iterable[ShardRecord]],
+    write_targets: Callable[[bool], Manifest] | None = None,
 ) -> Manifest:
+    """A store at a URL: written afresh (`write_targets(False)` converts its target arrays before the
+    index and manifest)."""
     location = RemoteLocation(url, storage_options)
     if resume:
         raise OptionError(f"{url}: --resume works for local stores; restart a remote conversion with --overwrite")
@@ -45,7 +48,8 @@ def convert_remote(
     backend.prepare_remote(location, layout.stored())
     location.write_bytes(f"{WORK_DIR}/plan.json", json.dumps({"num_samples": layout.num_samples}).encode())
     records = sorted(run(tasks), key=lambda r: r.info.first_row)
-    index_bytes, manifest = build_index_and_manifest(sources, layout, backend.name, records)
+    targets = None if write_targets is None else write_targets(False)
+    index_bytes, manifest = build_index_and_manifest(sources, layout, backend.name, records, targets)
     location.write_bytes(INDEX_NAME, index_bytes)
     location.write_bytes(MANIFEST_NAME, manifest.to_json().encode("utf-8"))
     location.remove_tree(WORK_DIR)
