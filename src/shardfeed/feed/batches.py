@@ -36,8 +36,10 @@ class BatchSource:
         shuffle_mode: "global" (full permutation) or "block" (chunk blocks; see `sampling`).
         labels: "onehot" (the tutorial's `to_categorical`), "sparse" (class numbers int64, or a
             regression store's targets as float32), "multihot" (a multi-label store's label sets),
-            "auto" (the default: onehot, float targets or multihot, by the store's labels), or None
-            (inputs only; also what an unlabeled store gives). See `targets`.
+            "targets" (the store's target arrays, `convert --targets`, in their stored dtype),
+            "auto" (the default: onehot, float targets or multihot, by the store's labels; a store
+            with only target arrays gives those), or None (inputs only; also what an unlabeled
+            store gives). See `targets`.
         sample_weight: True (the weights the store was converted with), a mapping ID -> weight or
             one weight per store row: batches are then `(x, y, w)`, which Keras' `fit` weighs by.
         dtype: dtype of the inputs; None keeps the stored dtype.
@@ -95,6 +97,8 @@ class BatchSource:
         self.seed_drawn = seed is None
         self.shuffle_mode = shuffle_mode
         self.labels = resolve_labels(self.store, labels)
+        if self.variable_targets and not self.variable_shapes:
+            raise OptionError(padding_needed(self.store.targets))
         self.weights = sample_weights(self.store, self.rows, sample_weight)
         if self.weights is not None and self.labels is None:
             raise OptionError("sample_weight needs labels: batches are (x, y, w); pass a label mode, not None")
@@ -207,7 +211,7 @@ class BatchSource:
         or exactly as long as the batch); returns its number of rows (the last batch may be short)."""
         rows = self.batch_rows(epoch, index)
         x = out[0][: len(rows)]
-        if self.variable_shapes:
+        if self.variable_shapes and self.store.variable:
             self._fill_padded(epoch, rows, out[0])
         elif self.transform is not None:
             self._transformed(epoch, rows, x)
@@ -216,16 +220,31 @@ class BatchSource:
         else:
             stored = self._buffers.take(x.shape, self.store.dtype, self.store.batch_residue)
             np.copyto(x, self.store.read(rows, out=stored), casting="unsafe")
-        if self.labels is not None:
+        if self.labels == "targets":
+            self._fill_targets(rows, out[1])
+        elif self.labels is not None:
             encode_labels(self.store.labels[rows], self.labels, self.store.num_classes, out=out[1][: len(rows)])
         if self.weights is not None:
             out[2][: len(rows)] = self.weights[rows]
         return len(rows)
 
     @property
+    def variable_targets(self) -> bool:
+        """Whether batches carry target arrays whose shapes vary (padded: `padding.VariableBatchSource`)."""
+        return self.labels == "targets" and self.store.targets.variable
+
+    def _fill_targets(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """The target arrays of `rows` into the first rows of `out`, in their stored dtype."""
+        self.store.targets.read(rows, out=out[: len(rows)])
+
+    @property
     def tensor_shape(self) -> tuple[int | None, ...]:
         """The shape of a sample of `x` as a framework's tensor spec says it: None where it varies."""
         return self.sample_shape
+
+    def tensor_shapes(self) -> list[tuple[int | None, ...]]:
+        """The shape of a sample of each batch array (`x`, then as `specs`), None where it varies."""
+        return [self.tensor_shape, *(shape[1:] for shape, _ in self.specs()[1:])]
 
     def slot_view(self, key: tuple[int, int], arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         """Batch `key` from the arrays `fill` wrote it into (shaped as `specs`, cut to its rows): the

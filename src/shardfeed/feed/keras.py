@@ -44,8 +44,9 @@ class DataGenerator(keras.utils.PyDataset):
             first batch and reused until `close()` or garbage collection) that write into shared
             memory. Default: False; with a `transform` and several workers, True.
         max_queue_size: batches made ahead.
-        padding, pad_value, bucket_by_length: batches of variable-shape samples, padded to each batch's
-            largest sample ("batch") or to the store's ("max"); see `shardfeed.feed.padding`.
+        padding, pad_value, target_pad_value, bucket_by_length: batches of variable-shape samples (or
+            target arrays), padded to each batch's largest sample ("batch") or to the store's ("max");
+            see `shardfeed.feed.padding`.
 
     Inside `fit`, batches come in the generator's order: the k-th batch Keras asks for in an
     epoch is batch k of that epoch, whatever index it asks for (`fit(shuffle=True)` permutes
@@ -71,6 +72,7 @@ class DataGenerator(keras.utils.PyDataset):
         transform: Transform | None = None,
         padding: str | None = None,
         pad_value: float = 0,
+        target_pad_value: float = 0,
         bucket_by_length: bool = False,
         sample_weight: SampleWeight = None,
         workers: int | None = None,
@@ -85,7 +87,8 @@ class DataGenerator(keras.utils.PyDataset):
         # Keras must not start its own pool: the reading ahead is ours.
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.source: BatchSource = batch_source(
-            store, padding=padding, pad_value=pad_value, bucket_by_length=bucket_by_length,
+            store, padding=padding, pad_value=pad_value, target_pad_value=target_pad_value,
+            bucket_by_length=bucket_by_length,
             split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
             shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
             rank=rank, world_size=world_size, transform=transform, sample_weight=sample_weight,

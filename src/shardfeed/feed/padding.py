@@ -8,7 +8,8 @@ slot, and the trainer views the slot's front in the batch's shape (`slot_view`);
 slot number crosses the pipe. Padding follows Keras' `pad_sequences` (post-padding, `pad_value`),
 on every axis that varies. Bucketing (`storage.lengths.bucket_by_length`) reorders each epoch's
 shuffle into batches of similar lengths and shuffles those batches, so epochs stay exactly-once,
-reproducible and resumable at any batch.
+reproducible and resumable at any batch. Target arrays of varying shape (`labels="targets"`) are
+padded the same way, each batch's to its own largest target, with `target_pad_value`.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ def batch_source(
     *,
     padding: str | None = None,
     pad_value: float = 0,
+    target_pad_value: float = 0,
     bucket_by_length: bool = False,
     ragged: bool = False,
     storage_options: dict | None = None,
     **options,
 ) -> BatchSource:
-    """The source for these options: a `VariableBatchSource` for a store of variable-shape samples (or
-    `ragged`), else a plain `BatchSource` (padding a store of one shape changes nothing)."""
+    """The source for these options: a `VariableBatchSource` for a store of variable-shape samples or
+    target arrays (or `ragged`), else a plain `BatchSource` (padding a store of one shape changes nothing)."""
     if padding not in PADDINGS:
         raise OptionError(f"padding {padding!r} unknown; expected 'batch' (each batch padded to its largest "
                           f"sample), 'max' (to the store's largest shape) or None")  # fmt: skip
@@ -48,9 +50,10 @@ def batch_source(
         raise OptionError(f"ragged=True gives unpadded batches; drop padding={padding!r}, or ragged")
     if isinstance(store, (str, os.PathLike)):
         store = open_store(store, storage_options=storage_options)
-    if isinstance(store, Store) and (ragged or (store.variable and padding is not None)):
-        return VariableBatchSource(store, padding=padding, pad_value=pad_value, bucket_by_length=bucket_by_length,
-                                   ragged=ragged, **options)  # fmt: skip
+    varying = isinstance(store, Store) and (store.variable or (store.targets is not None and store.targets.variable))
+    if ragged or (varying and padding is not None):
+        return VariableBatchSource(store, padding=padding, pad_value=pad_value, target_pad_value=target_pad_value,
+                                   bucket_by_length=bucket_by_length, ragged=ragged, **options)  # fmt: skip
     return BatchSource(store, **options)  # refuses a variable-shape store, saying what to pass
 
 
@@ -62,6 +65,8 @@ class VariableBatchSource(BatchSource):
         padding: "batch" pads each batch to its largest sample (the last axes of `x` vary from batch
             to batch), "max" to the store's largest shape (one shape: what XLA-compiled steps want).
         pad_value: the value of padding, in `x`'s dtype.
+        target_pad_value: the value of padding of target arrays (`labels="targets"`) whose shapes vary,
+            in their dtype (a loss's "ignore" class, say).
         bucket_by_length: batches of similar lengths (less padding; see `storage.lengths`).
         ragged: batches `(values, *row_lengths, ...)` for `tf.RaggedTensor` (see `feed.tfragged`).
 
@@ -77,25 +82,30 @@ class VariableBatchSource(BatchSource):
         *,
         padding: str | None,
         pad_value: float = 0,
+        target_pad_value: float = 0,
         bucket_by_length: bool = False,
         ragged: bool = False,
         **options,
     ) -> None:
         super().__init__(store, **options)
-        if not self.store.variable:
+        if ragged and not self.store.variable:
             raise OptionError(f"{self.store.path}: ragged=True is for stores of variable-shape samples; this one's "
                               f"all have shape {self.store.sample_shape}")  # fmt: skip
-        if self.transform is not None and self.sample_shape != tuple(self.store.shapes[self.rows[0]].tolist()):
+        if ragged and self.variable_targets:
+            raise OptionError(f"{self.store.path}: ragged=True gives no ragged target arrays; pass padding='batch' "
+                              f"or 'max' instead")  # fmt: skip
+        if (self.store.variable and self.transform is not None
+                and self.sample_shape != tuple(self.store.shapes[self.rows[0]].tolist())):  # fmt: skip
             raise TransformError(f"transform returned shape {self.sample_shape} for {self._where(self.rows[0], 0)}, "
                                  f"not the sample's own: a transform of variable-shape samples must keep each "
                                  f"sample's shape")  # fmt: skip
-        try:
-            self.pad_value = np.array(pad_value).astype(self.dtype, casting="same_kind").item()
-        except (TypeError, ValueError) as exc:
-            raise OptionError(f"pad_value {pad_value!r} is not a {self.dtype} value: {exc}") from exc
+        self.pad_value = _pad_value("pad_value", pad_value, self.dtype)
+        if self.variable_targets:
+            self.target_pad_value = _pad_value("target_pad_value", target_pad_value, self.store.targets.dtype)
         self.padding, self.ragged, self.bucket_by_length = padding, ragged, bool(bucket_by_length)
-        self.max_shape = self.store.ragged.max_shape
-        self.sample_shape = self.max_shape  # a slot holds the largest batch (`specs`)
+        self.max_shape = self.store.ragged.max_shape if self.store.variable else self.store.sample_shape
+        if self.store.variable:
+            self.sample_shape = self.max_shape  # a slot holds the largest batch (`specs`)
         self._bucketed: dict[int, np.ndarray] = {}
         self._bucket_lock = threading.Lock()
 
@@ -103,6 +113,13 @@ class VariableBatchSource(BatchSource):
     def tensor_shape(self) -> tuple[int | None, ...]:
         # docstring inherited
         return self.max_shape if self.padding == "max" else self.store.sample_shape
+
+    def tensor_shapes(self) -> list[tuple[int | None, ...]]:
+        # docstring inherited
+        shapes = super().tensor_shapes()
+        if self.variable_targets and self.padding == "batch":
+            shapes[1] = self.store.targets.sample_shape
+        return shapes
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -137,10 +154,12 @@ class VariableBatchSource(BatchSource):
         """Shape of `x` in batch `index` of `epoch` (padded), a pure function of the two."""
         return self._padded_shape(self.batch_rows(epoch, index))
 
-    def _padded_shape(self, rows: np.ndarray) -> tuple[int, ...]:
+    def _padded_shape(self, rows: np.ndarray, store: Store | None = None) -> tuple[int, ...]:
+        """The padded shape of `rows` of the samples (or of `store`: their target arrays)."""
+        store = store or self.store
         if self.padding == "max":
-            return (len(rows), *self.max_shape)
-        return (len(rows), *self.store.shapes[rows].max(axis=0).tolist())
+            return (len(rows), *(store.ragged.max_shape if store.variable else store.sample_shape))
+        return (len(rows), *store.shapes[rows].max(axis=0).tolist())
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
         # docstring inherited
@@ -149,6 +168,8 @@ class VariableBatchSource(BatchSource):
     def slot_view(self, key: tuple[int, int], arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         # docstring inherited
         rows = self.batch_rows(*key)
+        if self.variable_targets:
+            arrays = (arrays[0], _front(arrays[1], self._padded_shape(rows, self.store.targets)), *arrays[2:])
         if self.ragged:
             return (*self._ragged_parts(rows, arrays[0]), *arrays[1:])
         return (_front(arrays[0], self.batch_shape(*key)), *arrays[1:])
@@ -159,14 +180,19 @@ class VariableBatchSource(BatchSource):
         arrays = self.batch(epoch, index)
         if self.padding != "batch" or self.ragged:
             return arrays
-        theirs = self.batch_shape(epoch, other)
-        shape = [d + (d == theirs[j] and self.store.sample_shape[j - 1] is None) if j else d
-                 for j, d in enumerate(arrays[0].shape)]  # fmt: skip
-        if list(arrays[0].shape) == shape:
-            return arrays
-        wider = np.full(shape, self.pad_value, dtype=self.dtype)
-        wider[tuple(slice(0, d) for d in arrays[0].shape)] = arrays[0]
-        return (wider, *arrays[1:])
+        x = _wider(arrays[0], self.batch_shape(epoch, other), self.store.sample_shape, self.pad_value)
+        if not self.variable_targets:
+            return (x, *arrays[1:])
+        targets = self.store.targets
+        theirs = self._padded_shape(self.batch_rows(epoch, other), targets)
+        return (x, _wider(arrays[1], theirs, targets.sample_shape, self.target_pad_value), *arrays[2:])
+
+    def _fill_targets(self, rows: np.ndarray, out: np.ndarray) -> None:
+        # docstring inherited
+        if not self.variable_targets:
+            return super()._fill_targets(rows, out)
+        targets = self.store.targets
+        read_padded(targets, rows, _front(out[: len(rows)], self._padded_shape(rows, targets)), self.target_pad_value)
 
     def _fill_padded(self, epoch: int, rows: np.ndarray, out: np.ndarray) -> None:
         """Batch `rows` into the front of `out` (a slot's or a pooled `x`, sized for the largest batch):
@@ -211,6 +237,23 @@ class VariableBatchSource(BatchSource):
         values = _front(out, (outer_rows, *inner))
         lengths = [np.repeat(shapes[:, j], shapes[:, :j].prod(axis=1)) for j in varying]
         return (values, *lengths)
+
+
+def _pad_value(name: str, value: float, dtype: np.dtype):
+    try:
+        return np.array(value).astype(dtype, casting="same_kind").item()
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"{name} {value!r} is not a {dtype} value: {exc}") from exc
+
+
+def _wider(array: np.ndarray, theirs: tuple[int, ...], sample_shape: tuple, pad_value) -> np.ndarray:
+    """`array` (a padded batch), one wider on each varying axis where `theirs` is as wide (see `unlike`)."""
+    shape = [d + (d == theirs[j] and sample_shape[j - 1] is None) if j else d for j, d in enumerate(array.shape)]
+    if list(array.shape) == shape:
+        return array
+    wider = np.full(shape, pad_value, dtype=array.dtype)
+    wider[tuple(slice(0, d) for d in array.shape)] = array
+    return wider
 
 
 def _front(array: np.ndarray, shape) -> np.ndarray:

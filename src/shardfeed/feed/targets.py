@@ -2,7 +2,8 @@
 
 A store's labels are one class per sample, a regression target, or a set of classes
 (`Store.label_kind`); each label mode fits some of these, and a mode that does not fit is
-refused when the generator is made, not at the first loss.
+refused when the generator is made, not at the first loss. A store converted with `--targets`
+also has a target array per sample (`Store.targets`), which `labels="targets"` gives as `y`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ import numpy as np
 from ..errors import OptionError
 from ..storage.store import Store
 
-LABEL_MODES = ("auto", "onehot", "sparse", "multihot", None)
+LABEL_MODES = ("auto", "onehot", "sparse", "multihot", "targets", None)
 # label kind -> the modes that fit it, the first being what "auto" picks.
 _FITTING = {"class": ("onehot", "sparse"), "float": ("sparse",), "multi": ("multihot",)}
 _KIND_WORDS = {"class": "one class per sample", "float": "regression targets", "multi": "label sets"}
 
 
 def resolve_labels(store: Store, mode: str | None) -> str | None:
-    """The concrete mode for this store ("auto": onehot, float targets or multi-hot by its labels)."""
+    """The concrete mode for this store ("auto": onehot, float targets or multi-hot by its labels; its
+    target arrays for a store with those and no labels)."""
     if mode not in LABEL_MODES:
         raise OptionError(f"labels {mode!r} unknown; expected one of {LABEL_MODES}")
+    if mode == "targets" or (mode == "auto" and store.labels is None and store.targets is not None):
+        if store.targets is None:
+            raise OptionError(f"{store.path}: labels='targets' but the store has no target arrays; convert with "
+                              f"--targets DIR (a target <ID>.npy per sample)")  # fmt: skip
+        return "targets"
     if mode is None or store.labels is None:
         return None
     fitting = _FITTING[store.label_kind]
@@ -37,7 +44,11 @@ def resolve_labels(store: Store, mode: str | None) -> str | None:
 
 
 def label_spec(store: Store, mode: str, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of a batch's labels in `mode`."""
+    """(shape, dtype) of a batch's labels in `mode` (target arrays of varying shape: the largest)."""
+    if mode == "targets":
+        targets = store.targets
+        shape = targets.ragged.max_shape if targets.variable else targets.sample_shape
+        return (batch_size, *shape), targets.dtype
     if mode in ("onehot", "multihot"):
         return (batch_size, store.num_classes), np.dtype(np.float32)
     return (batch_size,), np.dtype(np.float32 if store.label_kind == "float" else np.int64)
@@ -67,8 +78,8 @@ def sample_weights(store: Store, rows: np.ndarray, sample_weight: SampleWeight) 
     a mapping ID -> weight, or an array of one weight per store row; checked finite and >= 0."""
     if sample_weight is None or sample_weight is False:
         return None
-    if store.labels is None:
-        raise OptionError(f"{store.path}: sample weights need labels to weigh; this store has none")
+    if store.labels is None and store.targets is None:
+        raise OptionError(f"{store.path}: sample weights need labels or target arrays to weigh; this store has none")
     if sample_weight is True:
         if store.weights is None:
             raise OptionError(f"{store.path}: sample_weight=True but the store has no weights; convert with "

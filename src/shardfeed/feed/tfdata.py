@@ -39,6 +39,7 @@ def as_tf_dataset(
     transform: Transform | None = None,
     padding: str | None = None,
     pad_value: float = 0,
+    target_pad_value: float = 0,
     bucket_by_length: bool = False,
     ragged: bool = False,
     sample_weight: SampleWeight = None,
@@ -48,13 +49,15 @@ def as_tf_dataset(
     `num_parallel_calls` and `prefetch` default to `tf.data.AUTOTUNE`. Iterating the dataset
     again starts the next epoch (`first_epoch` for the first pass). `transform` runs in
     tf.data's threads; its output shape (`BatchSource.sample_shape`) is the shape of `x`.
-    Variable-shape samples are padded (`padding`, `pad_value`, `bucket_by_length`: see
+    Variable-shape samples and target arrays are padded (`padding`, `pad_value`, `target_pad_value`,
+    `bucket_by_length`: see
     `feed.padding`), or with `ragged=True` come as a `tf.RaggedTensor` `x`.
     """
     import tensorflow as tf
 
     source = batch_source(
-        store, padding=padding, pad_value=pad_value, bucket_by_length=bucket_by_length, ragged=ragged,
+        store, padding=padding, pad_value=pad_value, target_pad_value=target_pad_value,
+        bucket_by_length=bucket_by_length, ragged=ragged,
         split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
         shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
         rank=rank, world_size=world_size, transform=transform, sample_weight=sample_weight,
@@ -66,9 +69,8 @@ def as_tf_dataset(
         for index in range(source.num_batches):
             yield epoch, index
 
-    specs = [tf.TensorSpec((None, *shape[1:]), tf.as_dtype(dtype)) for shape, dtype in source.specs()]
-
-    specs[0] = tf.TensorSpec((None, *source.tensor_shape), tf.as_dtype(source.dtype))  # None: lengths vary
+    specs = [tf.TensorSpec((None, *shape), tf.as_dtype(dtype))  # None: lengths vary
+             for shape, (_, dtype) in zip(source.tensor_shapes(), source.specs())]  # fmt: skip
 
     def load(epoch, index):
         tensors = tf.numpy_function(

@@ -55,3 +55,32 @@ def make_tutorial_dataset(
     (root / "labels.json").write_text(json.dumps(labels))
     (root / "partition.json").write_text(json.dumps(partition))
     return data, root / "labels.json", root / "partition.json"
+
+
+def make_segmentation_dataset(
+    root: str | os.PathLike,
+    num_samples: int = 400,
+    shape: tuple[int, int] = (32, 32),
+    train_fraction: float = 0.8,
+    seed: int = 0,
+) -> tuple[Path, Path, Path]:
+    """Write `root/images/id-<n>.npy` (noise plus a bright rectangle somewhere, float32 of shape
+    (*shape, 1)), `root/masks/id-<n>.npy` (1 inside the rectangle, else 0, uint8 of `shape`) and
+    `root/partition.json`; return their paths. A few conv layers learn to find the rectangles."""
+    root = Path(root)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids = [f"id-{n}" for n in range(1, num_samples + 1)]
+    for sample_id in ids:
+        mask = np.zeros(shape, dtype=np.uint8)
+        corner = [int(rng.integers(0, d - d // 4)) for d in shape]
+        size = [int(rng.integers(d // 8, d // 2)) for d in shape]
+        mask[tuple(slice(c, c + s) for c, s in zip(corner, size))] = 1
+        image = rng.standard_normal(shape, dtype=np.float32) * 0.5 + 2.0 * mask
+        np.save(images / f"{sample_id}.npy", image[..., None].astype(np.float32))
+        np.save(masks / f"{sample_id}.npy", mask)
+    cut = int(num_samples * train_fraction)
+    (root / "partition.json").write_text(json.dumps({"train": ids[:cut], "validation": ids[cut:]}))
+    return images, masks, root / "partition.json"
