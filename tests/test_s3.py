@@ -96,6 +96,25 @@ def test_cli_inspect_verify_and_train_from_s3(s3_server, tmp_path, make_npy_dir,
     assert len(history.history["loss"]) == 2
 
 
+def test_target_arrays_on_s3_equal_local_and_verify(s3_server, tmp_path, make_npy_dir, capsys):
+    src, _labels, partition, arrays = make_npy_dir(n=20, shape=(6, 5))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for sample_id, array in arrays.items():
+        np.save(masks / f"{sample_id}.npy", (array > 0).astype("u1"))
+    url = "s3://shardfeed-test/targets.zarr"
+    options = dict(partition=partition, targets=masks, chunk_rows=2, shard_size=480)
+    shardfeed.convert(src, url, overwrite=True, **options)
+    shardfeed.convert(src, tmp_path / "local.zarr", **options)
+    remote, local = shardfeed.open_store(url), shardfeed.open_store(tmp_path / "local.zarr")
+    assert len(remote.targets.manifest.shards) == len(remote.manifest.shards) > 1
+    assert remote.targets.read(np.arange(20)).tobytes() == local.targets.read(np.arange(20)).tobytes()
+    _x, t = shardfeed.DataGenerator(url, split="train", batch_size=4, shuffle=False)[0]
+    assert t.tobytes() == local.targets.read(local.split("train")[:4]).tobytes()
+    assert shardfeed.cli.main(["verify", url, "--targets", str(masks)]) == 0
+    assert "and 20 target arrays match" in capsys.readouterr().out
+
+
 def test_unfinished_remote_store_is_refused(s3_server, tmp_path, make_npy_dir):
     import fsspec
 
