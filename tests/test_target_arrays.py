@@ -349,3 +349,48 @@ def test_resume_refuses_other_targets_than_the_first_run(inputs, reference, tmp_
     assert rc == 0, err
     assert leftovers(out) == []
     assert_same_store(out, ref)
+
+
+@pytest.mark.parametrize("mode", [{}, {"workers": 2}, {"workers": 2, "use_multiprocessing": True}],
+                         ids=["in-process", "threads", "processes"])  # fmt: skip
+def test_a_joint_transform_flips_each_sample_and_its_mask_alike(inputs, tmp_path, mode):
+    from transform_fns import flip_both
+
+    masks = write_masks(inputs)
+    shardfeed.convert(inputs.src, tmp_path / "s", targets=masks, chunk_rows=2, shard_size=960)
+    store = shardfeed.open_store(tmp_path / "s")
+    generator = DataGenerator(store, batch_size=6, seed=4, transform=flip_both, transform_targets=True, **mode)
+    flips = 0
+    for epoch in range(2):
+        generator.on_epoch_begin()
+        for k in range(len(generator)):
+            x, t = generator[k]
+            rows = generator.source.batch_rows(epoch, k)
+            for i, row in enumerate(rows.tolist()):
+                sample, mask = np.load(inputs.src / f"{store.ids[row]}.npy"), np.load(masks / f"{store.ids[row]}.npy")
+                flipped = (x[i] == sample[::-1]).all() and not (x[i] == sample).all()
+                assert flipped or (x[i] == sample).all()
+                assert t[i].tobytes() == (mask[::-1] if flipped else mask).tobytes()  # the mask moved with it
+                assert t.dtype == np.uint8
+                flips += flipped
+        generator.on_epoch_end()
+    generator.close()
+    assert 0 < flips < 2 * N  # the coin fell both ways, and differently from sample to sample
+
+
+def test_joint_transform_misuse_is_one_clear_error(inputs, tmp_path):
+    from transform_fns import flip_both, flip_sample_only
+
+    masks = write_masks(inputs)
+    shardfeed.convert(inputs.src, tmp_path / "s", targets=masks)
+    with pytest.raises(OptionError, match="transform_targets=True needs a transform and labels='targets'"):
+        DataGenerator(tmp_path / "s", transform_targets=True)
+    with pytest.raises(shardfeed.TransformError, match=r"flip_sample_only failed on sample 'id-\d+' \(row 0, "
+                                                       r"epoch 0\): TypeError"):  # fmt: skip
+        DataGenerator(tmp_path / "s", transform=flip_sample_only, transform_targets=True)
+    with pytest.raises(shardfeed.TransformError, match=r"flip_both failed on .*TypeError"):
+        DataGenerator(tmp_path / "s", transform=flip_both)  # a joint transform given only x
+    seq, tags = write_sequences(tmp_path)
+    shardfeed.convert(seq, tmp_path / "v", targets=tags, variable_shapes=True)
+    with pytest.raises(OptionError, match="transform_targets=True needs samples and target arrays of one shape"):
+        DataGenerator(tmp_path / "v", transform=flip_both, transform_targets=True, padding="batch")

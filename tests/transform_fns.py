@@ -32,3 +32,12 @@ def fail_on_row(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def odd_shape_on_row(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x[:1] if row_of(x) == ODD_SHAPE_ROW else x
+
+
+def flip_both(x: np.ndarray, t: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A joint transform: one coin flip of the first axis for a sample and its mask."""
+    return (x[::-1], t[::-1]) if rng.random() < 0.5 else (x, t)
+
+
+def flip_sample_only(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x[::-1]

@@ -21,7 +21,7 @@ from ..storage.store import Store, open_store
 from .buffers import BufferPool
 from .sampling import MODES, epoch_order, host_share_from_env, num_batches
 from .targets import encode_labels, label_spec, resolve_labels, sample_weights
-from .transforms import Transform, apply, output_shape, sample_rng
+from .transforms import Transform, apply, output_shapes, sample_rng
 
 
 class BatchSource:
@@ -50,6 +50,9 @@ class BatchSource:
             stored dtype; it may modify it) with a generator seeded from (seed, epoch, row); see
             `transforms`. Its output may have another shape than the sample, but one shape for
             all samples (found by calling it once on the first sample); it is cast to `dtype`.
+        transform_targets: with labels="targets", call the transform as `fn(x, t, rng) -> (x, t)`,
+            so that a random flip or crop moves the sample and its target array alike (samples and
+            targets of one shape each); the target keeps its stored dtype.
     """
 
     variable_shapes = False  # batches of variable-shape samples: `padding.VariableBatchSource`
@@ -71,6 +74,7 @@ class BatchSource:
         storage_options: dict | None = None,
         transform: Transform | None = None,
         sample_weight: bool | Mapping | np.ndarray | None = None,
+        transform_targets: bool = False,
     ) -> None:
         if rank is None or world_size is None:
             env_rank, env_world = host_share_from_env()
@@ -117,11 +121,26 @@ class BatchSource:
         self._orders_lock = threading.Lock()
         self._buffers = BufferPool()
         self.transform = transform
+        self.transform_targets = bool(transform_targets)
+        if self.transform_targets:
+            self._check_joint_transform()
         self.sample_shape = self.store.sample_shape
+        self.target_shape = None  # of a joint transform's targets (else the stored shape)
         if transform is not None:
             first = self.rows[0]
-            sample = self.store.read(self.rows[:1])[0]
-            self.sample_shape = output_shape(transform, sample, self.seed, int(first), self._where(first, 0))
+            stored = (self.store.read(self.rows[:1])[0],)
+            if self.transform_targets:
+                stored += (self.store.targets.read(self.rows[:1])[0],)
+            shapes = output_shapes(transform, stored, self.seed, int(first), self._where(first, 0))
+            self.sample_shape, self.target_shape = shapes[0], shapes[1] if self.transform_targets else None
+
+    def _check_joint_transform(self) -> None:
+        if self.transform is None or self.labels != "targets":
+            raise OptionError("transform_targets=True needs a transform and labels='targets' (a store converted "
+                              "with --targets)")  # fmt: skip
+        if self.store.variable or self.variable_targets:
+            raise OptionError(f"{self.store.path}: transform_targets=True needs samples and target arrays of one "
+                              f"shape each; a transform of variable-shape samples sees the sample only")  # fmt: skip
 
     def _warn_about_surprises(self, split: str | None, ids: Sequence[str] | None, labels: str | None) -> None:
         """What trains without complaint but is rarely meant: every split at once, or no targets."""
@@ -191,7 +210,9 @@ class BatchSource:
     def specs(self) -> list[tuple[tuple[int, ...], np.dtype]]:
         """(shape, dtype) of each array of a full batch: `x`, then `y` when there are labels."""
         specs = [((self.batch_size, *self.sample_shape), self.dtype)]
-        if self.labels is not None:
+        if self.target_shape is not None:
+            specs.append(((self.batch_size, *self.target_shape), self.store.targets.dtype))
+        elif self.labels is not None:
             specs.append(label_spec(self.store, self.labels, self.batch_size))
         if self.weights is not None:
             specs.append(((self.batch_size,), np.dtype(np.float32)))
@@ -214,14 +235,15 @@ class BatchSource:
         if self.variable_shapes and self.store.variable:
             self._fill_padded(epoch, rows, out[0])
         elif self.transform is not None:
-            self._transformed(epoch, rows, x)
+            self._transformed(epoch, rows, (x, out[1][: len(rows)]) if self.transform_targets else (x,))
         elif self.dtype == self.store.dtype:
             self.store.read(rows, out=x)
         else:
             stored = self._buffers.take(x.shape, self.store.dtype, self.store.batch_residue)
             np.copyto(x, self.store.read(rows, out=stored), casting="unsafe")
         if self.labels == "targets":
-            self._fill_targets(rows, out[1])
+            if not self.transform_targets:  # else the transform wrote them
+                self._fill_targets(rows, out[1])
         elif self.labels is not None:
             encode_labels(self.store.labels[rows], self.labels, self.store.num_classes, out=out[1][: len(rows)])
         if self.weights is not None:
@@ -251,22 +273,23 @@ class BatchSource:
         batch itself; of variable-shape samples, the front of `x` in the batch's own shape."""
         return arrays
 
-    def _transformed(self, epoch: int, rows: np.ndarray, x: np.ndarray) -> None:
-        """Read the stored samples, then transform each one into its row of `x` (cast to `dtype`)."""
-        stored = self._buffers.take((len(rows), *self.store.sample_shape), self.store.dtype, self.store.batch_residue)
-        self.store.read(rows, out=stored)
+    def _transformed(self, epoch: int, rows: np.ndarray, out: tuple[np.ndarray, ...]) -> None:
+        """Read the stored samples (and targets, for a joint transform), then transform each one into
+        its row of `out` (`(x,)` or `(x, t)`; cast to their dtypes)."""
+        stores = (self.store, self.store.targets)[: len(out)]
+        stored = [self._buffers.take((len(rows), *s.sample_shape), s.dtype, s.batch_residue) for s in stores]
+        for store, buffer in zip(stores, stored):
+            store.read(rows, out=buffer)
+        expected = (self.sample_shape, self.target_shape)
         for i, row in enumerate(rows):
-            out = apply(self.transform, stored[i], sample_rng(self.seed, epoch, int(row)),
-                        lambda row=row: self._where(row, epoch))  # fmt: skip
-            if out.dtype.kind not in "biufc":
-                raise TransformError(f"transform returned dtype {out.dtype} for {self._where(row, epoch)}; "
-                                     f"expected numbers")  # fmt: skip
-            if out.shape != self.sample_shape:
-                raise TransformError(
-                    f"transform returned shape {out.shape} for {self._where(row, epoch)}, expected "
-                    f"{self.sample_shape} (what it returned for the first sample); one shape for all samples"
-                )
-            np.copyto(x[i], out, casting="unsafe")
+            where = lambda row=row: self._where(row, epoch)  # noqa: E731
+            results = apply(self.transform, tuple(s[i] for s in stored), sample_rng(self.seed, epoch, int(row)), where)
+            for result, shape, array in zip(results, expected, out):
+                if result.shape != shape:
+                    raise TransformError(f"transform returned shape {result.shape} for {where()}, expected "
+                                         f"{shape} (what it returned for the first sample); one shape for all "
+                                         f"samples")  # fmt: skip
+                np.copyto(array[i], result, casting="unsafe")
 
     def _where(self, row: int, epoch: int) -> str:
         return f"sample {self.store.ids[int(row)]!r} (row {int(row)}, epoch {epoch})"

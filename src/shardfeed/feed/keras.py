@@ -37,7 +37,8 @@ class DataGenerator(keras.utils.PyDataset):
 
     Args:
         store, split, ids, batch_size, shuffle, seed, shuffle_mode, labels, dtype, drop_remainder,
-            rank, world_size, transform, sample_weight: see `shardfeed.feed.batches.BatchSource`.
+            rank, world_size, transform, transform_targets, sample_weight: see
+            `shardfeed.feed.batches.BatchSource`.
         workers: threads or processes that make batches ahead of the trainer. Default: 1 (batches
             are made in the trainer when asked for); with a `transform`, one per available core.
         use_multiprocessing: make batches in worker processes (fresh interpreters started on the
@@ -70,6 +71,7 @@ class DataGenerator(keras.utils.PyDataset):
         rank: int | None = None,
         world_size: int | None = None,
         transform: Transform | None = None,
+        transform_targets: bool = False,
         padding: str | None = None,
         pad_value: float = 0,
         target_pad_value: float = 0,
@@ -92,6 +94,7 @@ class DataGenerator(keras.utils.PyDataset):
             split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
             shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
             rank=rank, world_size=world_size, transform=transform, sample_weight=sample_weight,
+            transform_targets=transform_targets,
         )  # fmt: skip
         self.cursor = EpochCursor(self.source.num_batches)
         self.read_ahead: ReadAhead | None = None

@@ -217,8 +217,8 @@ class VariableBatchSource(BatchSource):
         out = []
         for row, sample in zip(rows.tolist(), self.store.read(rows)):
             rng = sample_rng(self.seed, epoch, row)
-            result = apply(self.transform, sample, rng, lambda row=row: self._where(row, epoch))
-            if result.shape != sample.shape or result.dtype.kind not in "biufc":
+            (result,) = apply(self.transform, (sample,), rng, lambda row=row: self._where(row, epoch))
+            if result.shape != sample.shape:
                 raise TransformError(f"transform returned shape {result.shape} dtype {result.dtype} for "
                                      f"{self._where(row, epoch)}, whose shape is {sample.shape}: a transform of "
                                      f"variable-shape samples must keep each sample's shape")  # fmt: skip

@@ -37,6 +37,7 @@ def as_tf_dataset(
     num_parallel_calls: int | None = None,
     prefetch: int | None = None,
     transform: Transform | None = None,
+    transform_targets: bool = False,
     padding: str | None = None,
     pad_value: float = 0,
     target_pad_value: float = 0,
@@ -61,6 +62,7 @@ def as_tf_dataset(
         split=split, ids=ids, batch_size=batch_size, shuffle=shuffle, seed=seed,
         shuffle_mode=shuffle_mode, labels=labels, dtype=dtype, drop_remainder=drop_remainder,
         rank=rank, world_size=world_size, transform=transform, sample_weight=sample_weight,
+        transform_targets=transform_targets,
     )  # fmt: skip
     epochs = itertools.count(first_epoch)
 
