@@ -394,3 +394,25 @@ def test_joint_transform_misuse_is_one_clear_error(inputs, tmp_path):
     shardfeed.convert(seq, tmp_path / "v", targets=tags, variable_shapes=True)
     with pytest.raises(OptionError, match="transform_targets=True needs samples and target arrays of one shape"):
         DataGenerator(tmp_path / "v", transform=flip_both, transform_targets=True, padding="batch")
+
+
+def test_the_framework_free_adapters_give_the_targets(inputs, tmp_path):
+    from shardfeed.feed.grainsource import BatchIterator, StoreSource
+
+    masks = write_masks(inputs)
+    shardfeed.convert(inputs.src, tmp_path / "s", targets=masks, partition=inputs.partition)
+    store = shardfeed.open_store(tmp_path / "s")
+    source = StoreSource(store, split="train", labels="targets")
+    _x, t = source[3]
+    assert t.tobytes() == np.load(masks / f"{store.ids[store.split('train')[3]]}.npy").tobytes()
+    batches = BatchIterator(store, split="train", batch_size=6, seed=2, labels="targets")
+    generator = DataGenerator(store, split="train", batch_size=6, seed=2, labels="targets")
+    for k, (bx, bt) in enumerate(batches):
+        gx, gt = generator[k]
+        assert (bx == gx).all() and bt.tobytes() == gt.tobytes()
+    torch_module = pytest.importorskip("torch")
+    from shardfeed.torch import StoreDataset
+
+    loader = torch_module.utils.data.DataLoader(StoreDataset(store, split="train", labels="targets"), batch_size=4)
+    _tx, tt = next(iter(loader))
+    assert tt.shape == (4, *SHAPE) and tt.numpy().tobytes() == store.targets.read(store.split("train")[:4]).tobytes()

@@ -34,7 +34,8 @@ class StoreSource:
         store: a path or an open `Store`.
         split: a split name; or `ids`: the IDs to use; neither: every row of the store.
         labels: "sparse" (int64, what `optax`'s and torch's losses take), "onehot" (float32, the
-            tutorial's), or None (inputs only; also what an unlabeled store gives).
+            tutorial's), "targets" (the store's target arrays, `convert --targets`), or None (inputs
+            only; also what an unlabeled store gives).
         dtype: dtype of the inputs; None keeps the stored dtype.
 
     A record is `(x, y)`, or `(x,)` without labels, like `DataGenerator`'s batches.
@@ -86,6 +87,8 @@ class StoreSource:
             x = x.astype(self.dtype)
         if self.labels is None:
             return (x,)
+        if self.labels == "targets":
+            return x, self.store.targets.read(rows)
         return x, encode_labels(self.store.labels[rows], self.labels, self.store.num_classes)
 
 
@@ -105,7 +108,7 @@ class BatchIterator:
         store, split, batch_size, seed: see `shardfeed.feed.batches.BatchSource`.
         shuffle: True or "global" (a fresh permutation each epoch), "block" (chunk blocks, see
             `sampling`), or False (the split's order).
-        labels: "sparse" (int64, default: what JAX and torch losses take), "onehot" or None.
+        labels: "sparse" (int64, default: what JAX and torch losses take), "onehot", "targets" or None.
         **options: `ids`, `dtype`, `drop_remainder`, `rank`, `world_size`, `transform`,
             `storage_options`, as for `BatchSource`.
 

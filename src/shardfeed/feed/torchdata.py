@@ -32,7 +32,8 @@ class StoreDataset(Dataset):
 
     Args:
         store, split, ids, dtype, storage_options: see `shardfeed.feed.grainsource.StoreSource`.
-        labels: "sparse" (default: the int64 class indices torch's losses take), "onehot" or None.
+        labels: "sparse" (default: the int64 class indices torch's losses take), "onehot", "targets"
+            (the store's target arrays: a mask per image, say) or None.
 
     Batches are read with one `Store.read` each in both ways of loading:
 
