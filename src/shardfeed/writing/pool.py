@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import OptionError, WorkerDiedError
+from ..storage.backends.shardfile import remove_unfinished
 from .shardtask import ShardRecord, ShardTask, write_shard
 
 ProgressCallback = Callable[[int], None]
@@ -152,7 +153,15 @@ def _init_worker(shared, driver_pid: int) -> None:
 
     global _worker_counter
     _worker_counter = _SharedCounter(shared)
+    signal.signal(signal.SIGTERM, _stop)
     _die_with_driver(driver_pid)
+
+
+def _stop(signum, frame) -> None:
+    """SIGTERM, how the driver stops its workers: remove the shard file in flight, then die of it."""
+    remove_unfinished()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _die_with_driver(driver_pid: int) -> None:

@@ -115,7 +115,7 @@ def _write_rows(task: ShardTask, writer: ShardWriter, checksums: np.ndarray, pro
         read_samples(refs, block, source_dtype, task.storage_options)
         for i in range(len(refs)):
             checksums[start + i] = checksum(block[i, ...])
-        writer.write(block[: len(refs)])
+        writer.write(block[: len(refs)], checksums[start : start + len(refs)])
         progress.add(len(refs))
 
 

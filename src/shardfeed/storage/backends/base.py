@@ -74,8 +74,10 @@ class ShardWriter(ABC):
     """Receives one shard's rows in order; `close` makes the shard durable at its final path."""
 
     @abstractmethod
-    def write(self, block: np.ndarray) -> None:
-        """Append `block` (rows, *sample_shape) after the rows already written."""
+    def write(self, block: np.ndarray, checksums: np.ndarray | None = None) -> None:
+        """Append `block` (rows, *sample_shape) after the rows already written. `checksums`: each
+        row's CRC32, if the caller took them; a writer that stores the rows' bytes as they are
+        makes the file's CRC32 from them."""
 
     @abstractmethod
     def close(self) -> WrittenShard:

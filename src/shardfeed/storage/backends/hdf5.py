@@ -1,16 +1,20 @@
 """HDF5 backend: one file per shard (`shards/shard-00000.h5`), dataset `x` chunked along axis 0.
 
-Each shard is built in memory (HDF5's core driver) and written by `write_atomic`: under a
-temporary name, fsynced, then renamed. HDF5 files do not survive a crash mid-write
-(RELIABILITY.md), so an unfinished shard never has its final name; and libhdf5 never writes
-to disk itself, because after a failed write (disk full) closing the file crashed the process
-with a segmentation fault, where a write from Python fails with a clean `OSError`. Files are
+Each shard goes to disk through a `shardfile.LocalShardFile`: under a temporary name, fsynced,
+then renamed. HDF5 files do not survive a crash mid-write (RELIABILITY.md), so an unfinished shard
+never has its final name; and libhdf5 never writes to disk itself, because after a failed write
+(disk full) closing the file crashed the process with a segmentation fault, where a write from
+Python fails with a clean `OSError`. HDF5 builds files in memory (its core driver): a compressed
+shard whole, an uncompressed one only once per process, as the template of its metadata. Files are
 read without HDF5's own locking, which fails on NFS/Lustre; our lock file guards conversions.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
+import functools
 from pathlib import Path
 
 import h5py
@@ -18,10 +22,10 @@ import numpy as np
 
 from ...errors import StoreFormatError
 from ..alignment import ALIAS_PERIOD
-from ..files import checksum, write_atomic
 from ..manifest import Manifest, ShardInfo
 from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard, copy_rows_from_chunks
 from .rawchunks import RawChunkReader, zlib_decoder
+from .shardfile import LocalShardFile, ShardSink
 
 DATASET = "x"
 MAX_HDF5_RANK = 32
@@ -45,7 +49,11 @@ class HDF5Backend(Backend):
 
     def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
         # docstring inherited
-        return HDF5ShardWriter(root / self.shard_path(layout, shard), layout, shard)
+        rows = min(layout.shard_rows, layout.num_samples - shard * layout.shard_rows)
+        if layout.compression != "none":
+            return HDF5ShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), layout, rows)
+        template = _template(dataclasses.replace(layout, num_samples=rows), rows)  # one per row count
+        return HDF5RawShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), template)
 
     def open_reader(
         self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
@@ -70,37 +78,44 @@ class HDF5Backend(Backend):
         )
 
 
+def _create_shard(layout: Layout, rows: int) -> tuple[h5py.File, h5py.Dataset]:
+    """A shard of `rows` rows as an HDF5 file in memory (the core driver), its dataset created."""
+    file = h5py.File(
+        "shard", "w", driver="core", backing_store=False, libver=("earliest", "v110"),
+        **_raw_chunk_placement(layout, rows),
+    )  # fmt: skip
+    options = {}
+    dcpl = None
+    if layout.compression == "gzip":
+        options = {"compression": "gzip", "compression_opts": GZIP_LEVEL}
+    else:
+        # Allocate every chunk at creation, back to back: the fast reader then sees the whole
+        # shard as one array, and the file's bytes do not depend on write order.
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dset = file.create_dataset(
+        DATASET,
+        shape=(rows, *layout.sample_shape),
+        dtype=layout.dtype,
+        chunks=(min(layout.chunk_rows, rows), *layout.sample_shape),
+        track_times=False,
+        dcpl=dcpl,
+        **options,
+    )
+    return file, dset
+
+
 class HDF5ShardWriter(ShardWriter):
-    def __init__(self, final_path: Path, layout: Layout, shard: int) -> None:
-        first = shard * layout.shard_rows
-        rows = min(layout.shard_rows, layout.num_samples - first)
-        self._final = final_path
-        self._file = h5py.File(
-            final_path, "w", driver="core", backing_store=False, libver=("earliest", "v110"),
-            **_raw_chunk_placement(layout, rows),
-        )  # fmt: skip
-        options = {}
-        dcpl = None
-        if layout.compression == "gzip":
-            options = {"compression": "gzip", "compression_opts": GZIP_LEVEL}
-        else:
-            # Allocate every chunk at creation, back to back: the fast reader then sees the whole
-            # shard as one array, and the file's bytes do not depend on write order.
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        self._dset = self._file.create_dataset(
-            DATASET,
-            shape=(rows, *layout.sample_shape),
-            dtype=layout.dtype,
-            chunks=(min(layout.chunk_rows, rows), *layout.sample_shape),
-            track_times=False,
-            dcpl=dcpl,
-            **options,
-        )
+    """Compressed shards: rows written through h5py into the in-memory file, whose image then goes
+    to `sink` (HDF5 places each compressed chunk where its size allows)."""
+
+    def __init__(self, sink: ShardSink, layout: Layout, rows: int) -> None:
+        self._file, self._dset = _create_shard(layout, rows)
+        self._sink = sink
         self._next = 0
 
-    def write(self, block: np.ndarray) -> None:
+    def write(self, block: np.ndarray, checksums: np.ndarray | None = None) -> None:
         # docstring inherited
         self._dset[self._next : self._next + len(block)] = block
         self._next += len(block)
@@ -108,18 +123,99 @@ class HDF5ShardWriter(ShardWriter):
     def close(self) -> WrittenShard:
         # docstring inherited
         if self._next != self._dset.shape[0]:
-            raise RuntimeError(f"{self._final}: {self._next} of {self._dset.shape[0]} rows written")
+            raise RuntimeError(f"{self._next} of {self._dset.shape[0]} rows written")
         self._file.flush()
         image = self._file.id.get_file_image()
         self._file.close()
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self._final, image)
-        return WrittenShard(len(image), checksum(image))
+        self._sink.write(image)
+        return self._sink.commit()
 
     def abort(self) -> None:
         # docstring inherited
-        with contextlib.suppress(Exception):  # an in-memory file: nothing on disk to clean up
+        with contextlib.suppress(Exception):  # an in-memory file
             self._file.close()
+        self._sink.abort()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Template:
+    """What an uncompressed shard holds besides its rows: HDF5's metadata, as (chunk, bytes) pairs, each
+    to be written just before that chunk (chunk `chunks`: after the last), and the chunks' size."""
+
+    metadata: tuple[tuple[int, bytes], ...]
+    chunks: int
+    chunk_rows: int
+    rows: int
+    row_nbytes: int
+
+
+@functools.lru_cache(maxsize=4)  # a conversion's shards have one or two row counts
+def _template(layout: Layout, rows: int) -> _Template:
+    """The metadata of an uncompressed shard of `rows` rows, from an image of it with no row written.
+
+    Chunks are allocated at creation and never filled, so the metadata does not depend on the rows,
+    and neither do the chunks' places: building the image once per process, not once per shard,
+    leaves each row's bytes one copy, from the caller's block into the file."""
+    file, dset = _create_shard(layout, rows)
+    try:
+        chunks = [dset.id.get_chunk_info(i) for i in range(dset.id.get_num_chunks())]
+        file.flush()
+        image = file.id.get_file_image()
+    finally:
+        file.close()
+    chunk_rows = min(layout.chunk_rows, rows)
+    chunk_nbytes = chunk_rows * layout.sample_nbytes
+    metadata, end = [], 0
+    for i, chunk in enumerate(chunks):
+        if chunk.chunk_offset[0] != i * chunk_rows or chunk.byte_offset < end or chunk.size != chunk_nbytes:
+            raise RuntimeError(f"HDF5 placed chunk {i} of a new shard at {chunk.byte_offset}, not in row order")
+        if chunk.byte_offset > end:
+            metadata.append((i, image[end : chunk.byte_offset]))
+        end = chunk.byte_offset + chunk_nbytes
+    if end < len(image):
+        metadata.append((len(chunks), image[end:]))
+    return _Template(tuple(metadata), len(chunks), chunk_rows, rows, layout.sample_nbytes)
+
+
+class HDF5RawShardWriter(ShardWriter):
+    """Uncompressed shards: the template's metadata and the rows' bytes, written to `sink` in file
+    order, the last chunk's rows past the shard's end zero (as HDF5 writes them)."""
+
+    def __init__(self, sink: ShardSink, template: _Template) -> None:
+        self._sink = sink
+        self._template = template
+        self._metadata = collections.deque(template.metadata)
+        self._next = 0  # rows taken
+
+    def write(self, block: np.ndarray, checksums: np.ndarray | None = None) -> None:
+        # docstring inherited
+        chunk_rows = self._template.chunk_rows
+        if self._next % chunk_rows or self._next + len(block) > self._template.rows:
+            raise RuntimeError(f"rows {self._next} to {self._next + len(block)} are not whole chunks of the shard")
+        rows = np.ascontiguousarray(block)
+        start = 0
+        while self._metadata and self._metadata[0][0] * chunk_rows < self._next + len(block):
+            chunk, metadata = self._metadata.popleft()
+            stop = chunk * chunk_rows - self._next
+            self._sink.write(rows[start:stop], None if checksums is None else checksums[start:stop].tolist())
+            self._sink.write(metadata)
+            start = stop
+        self._sink.write(rows[start:], None if checksums is None else checksums[start:].tolist())
+        self._next += len(block)
+
+    def close(self) -> WrittenShard:
+        # docstring inherited
+        template = self._template
+        if self._next != template.rows:
+            raise RuntimeError(f"{self._next} of {template.rows} rows written")
+        self._sink.write(bytes((template.chunks * template.chunk_rows - template.rows) * template.row_nbytes))
+        for _, metadata in self._metadata:
+            self._sink.write(metadata)
+        return self._sink.commit()
+
+    def abort(self) -> None:
+        # docstring inherited
+        self._sink.abort()
 
 
 def _raw_chunk_placement(layout: Layout, rows: int) -> dict:

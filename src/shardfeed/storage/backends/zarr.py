@@ -1,7 +1,7 @@
 """Zarr v3 backend: one group with array `x`, chunked along axis 0, using Zarr's sharding codec.
 
 Local stores live here; stores at URLs in `zarr_remote`, the layout and checks both share in
-`zarr_format`. Zarr's local store already writes through a `.partial` file and a rename.
+`zarr_format`, and the shards' bytes, assembled without zarr, in `zarr_shards`.
 """
 
 from __future__ import annotations
@@ -13,24 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 from ...errors import StoreFormatError
 from ...urls import RemoteLocation
-from ..files import fsync_dir, read_store_file, write_atomic
+from ..files import read_store_file, write_atomic
 from ..manifest import Manifest, ShardInfo
 from . import zarr_remote
-from .base import Backend, Layout, ShardReader, ShardWriter, WrittenShard
+from .base import Backend, Layout, ShardReader, ShardWriter
 from .rawchunks import RawChunkReader
-from .zarr_format import (
-    ARRAY,
-    DECODERS,
-    BufferedShardWriter,
-    ZarrLibraryReader,
-    check_array,
-    create_array,
-    parse_shard_index,
-)
+from .shardfile import LocalShardFile
+from .zarr_format import ARRAY, DECODERS, ZarrLibraryReader, check_array, create_array, parse_shard_index
+from .zarr_shards import ZarrShardWriter
 
 MAX_METADATA_BYTES = 1 << 20
 
@@ -63,7 +56,7 @@ class ZarrBackend(Backend):
 
     def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
         # docstring inherited
-        return ZarrShardWriter(root, layout, shard, self.shard_path(layout, shard))
+        return ZarrShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), layout, shard)
 
     def open_reader(
         self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
@@ -100,38 +93,13 @@ class ZarrBackend(Backend):
 
     def open_remote_writer(self, location: RemoteLocation, layout: Layout, shard: int) -> ShardWriter:
         # docstring inherited
-        return zarr_remote.RemoteZarrShardWriter(location, layout, shard, self.shard_path(layout, shard))
+        return zarr_remote.open_remote_writer(location, layout, shard, self.shard_path(layout, shard))
 
     def open_remote_reader(
         self, location: RemoteLocation, manifest: Manifest, shard: ShardInfo, fast: bool
     ) -> ShardReader:
         # docstring inherited
         return zarr_remote.open_remote_reader(location, manifest, shard, fast)
-
-
-class ZarrShardWriter(BufferedShardWriter):
-    """A local shard: written, then fsynced with its new directories."""
-
-    def __init__(self, root: Path, layout: Layout, shard: int, shard_key: str) -> None:
-        self._shard_file = root / shard_key
-        super().__init__(LocalStore(root), layout, shard, shard_key, self._shard_file)
-        self._root = root
-
-    def close(self) -> WrittenShard:
-        # docstring inherited
-        self._check_complete()
-        # A leftover shard (no record: a rerun after a crash) would be read and merged; it may
-        # be damaged, and the new one replaces all of it anyway.
-        self._shard_file.unlink(missing_ok=True)
-        written = self._assign()
-        fd = os.open(self._shard_file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        for directory in self._shard_file.relative_to(self._root).parents:  # new directories too
-            fsync_dir(self._root / directory)
-        return written
 
 
 def _shard_index(path: Path, chunks_per_shard: int, num_chunks: int) -> tuple[np.ndarray, np.ndarray]:

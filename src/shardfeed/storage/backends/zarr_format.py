@@ -1,69 +1,36 @@
-"""What local and remote Zarr stores share: the array's layout and codecs, its checks, the
-buffered shard writer and the library's reader.
+"""What local and remote Zarr stores share: the array's layout and codecs, its checks and the
+library's reader.
 
-Each conversion task writes one whole Zarr shard in a single assignment (a partial write to a
-sharded array would read, merge and rewrite the shard). Readers trust the manifest, never
+Shards are assembled by `zarr_shards`, not written through zarr. Readers trust the manifest, never
 `array.shape` (RELIABILITY.md: a crash can leave the shape grown and the last block reading as
 fill values), and check the array's metadata against it before zarr reads anything else.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gzip
-
 import numcodecs
 import numpy as np
 import zarr
 import zarr.codecs
-import zarr.core.sync
-import zarr.registry
-from zarr.storage import WrapperStore
 
 from ...errors import StoreFormatError
-from ..files import checksum
 from ..manifest import Manifest
-from .base import Layout, ShardReader, ShardWriter, WrittenShard, copy_rows_from_chunks
+from .base import Layout, ShardReader, copy_rows_from_chunks
 from .rawchunks import Decoder, zlib_decoder
+from .zarr_shards import BLOSC, GZIP_LEVEL, MISSING, ZSTD_LEVEL
 
 ARRAY = "x"
-MISSING = 2**64 - 1
-SETTLE_SECONDS = 3.0
 COMPRESSOR_CODECS = {"none": [], "zstd": ["zstd"], "gzip": ["gzip"], "lz4": ["blosc"]}
 LITTLE_ENDIAN_BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
 INDEX_CODECS = [LITTLE_ENDIAN_BYTES, {"name": "crc32c"}]
 
 
-class DeterministicGzipCodec(zarr.codecs.GzipCodec):
-    """zarr's gzip codec without the time stamp numcodecs writes into every chunk's header.
-
-    The same samples then give the same shard bytes in every run, so a resumed conversion
-    equals an uninterrupted one byte for byte (file checksums included). Writers select it
-    through zarr's codec configuration; the stored codec is plain "gzip".
-    """
-
-    async def _encode_single(self, chunk_bytes, chunk_spec):
-        data = chunk_bytes.as_numpy_array()
-        encoded = await asyncio.to_thread(gzip.compress, data, self.level, mtime=0)
-        return chunk_spec.prototype.buffer.from_bytes(encoded)
-
-
-zarr.registry.register_codec("gzip", DeterministicGzipCodec)
-WRITE_CONFIG = {
-    # Not stored with the array: without it, a shard whose samples are all zero (the fill value)
-    # is silently not written at all.
-    "array.write_empty_chunks": True,
-    "codecs.gzip": zarr.registry.fully_qualified_name(DeterministicGzipCodec),
-}
-
-
 def _compressors(compression: str):
     return {
         "none": None,
-        "zstd": zarr.codecs.ZstdCodec(level=3),
-        "gzip": zarr.codecs.GzipCodec(level=5),
-        "lz4": zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+        "zstd": zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),
+        "gzip": zarr.codecs.GzipCodec(level=GZIP_LEVEL),
+        "lz4": zarr.codecs.BloscCodec(**BLOSC),
     }[compression]
 
 
@@ -95,83 +62,7 @@ def create_array(group: zarr.Group, layout: Layout) -> None:
         filters=None,
         fill_value=0,
         overwrite=True,
-        config={"write_empty_chunks": True},
     )
-
-
-class RecordingStore(WrapperStore):
-    """Passes writes on to a zarr store, noting each object's size and CRC32 on the way."""
-
-    def __init__(self, store) -> None:
-        super().__init__(store)
-        self.written: dict[str, tuple[int, int]] = {}
-
-    async def set(self, key: str, value) -> None:
-        data = value.as_numpy_array()
-        self.written[key] = (len(data), checksum(data))
-        await self._store.set(key, value)
-
-
-class BufferedShardWriter(ShardWriter):
-    """Collects one shard's rows, then writes them with a single assignment to the array."""
-
-    def __init__(self, store, layout: Layout, shard: int, shard_key: str, name: object) -> None:
-        self._store = RecordingStore(store)
-        with zarr.config.set(WRITE_CONFIG):
-            self._array = zarr.open_array(store=self._store, path=ARRAY, mode="r+", zarr_format=3)
-        self._shard_key = shard_key
-        self._first = shard * layout.shard_rows
-        rows = min(layout.shard_rows, layout.num_samples - self._first)
-        self._buffer = np.empty((rows, *layout.sample_shape), dtype=layout.dtype)
-        self._next = 0
-        self._name = name
-
-    def write(self, block: np.ndarray) -> None:
-        # docstring inherited
-        self._buffer[self._next : self._next + len(block)] = block
-        self._next += len(block)
-
-    def _check_complete(self) -> None:
-        if self._next != len(self._buffer):
-            raise RuntimeError(f"{self._name}: {self._next} of {len(self._buffer)} rows written")
-
-    def _assign(self) -> WrittenShard:
-        """Write the shard; its size and checksum as zarr handed its bytes to the store."""
-        try:
-            with zarr.config.set(WRITE_CONFIG):
-                self._array[self._first : self._first + len(self._buffer)] = self._buffer
-        except BaseException as exc:
-            if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM raised while zarr was writing
-                _settle_zarr_io()
-            raise
-        self._buffer = None
-        if set(self._store.written) != {self._shard_key}:
-            raise RuntimeError(f"{self._name}: zarr wrote {sorted(self._store.written)}, expected {self._shard_key}")
-        return WrittenShard(*self._store.written[self._shard_key])
-
-    def abort(self) -> None:
-        # docstring inherited
-        self._buffer = None
-
-
-def _settle_zarr_io(timeout: float = SETTLE_SECONDS) -> None:
-    """Let zarr's IO thread finish what an interrupted call left running.
-
-    The interrupt stops only the wait in this thread; the write goes on in zarr's event loop, and
-    zarr's exit handler then shuts its executor down under it, printing "Task was destroyed" and a
-    traceback after our one-line message. The unfinished shard has no record and is redone.
-    """
-    loop = zarr.core.sync.loop[0]
-    if loop is None or loop.is_closed():
-        return
-
-    async def others_done() -> None:
-        pending = asyncio.all_tasks() - {asyncio.current_task()}
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
-
-    with contextlib.suppress(TimeoutError, RuntimeError):  # a stuck write; a loop already closing
-        asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout + 1)
 
 
 class ZarrLibraryReader(ShardReader):

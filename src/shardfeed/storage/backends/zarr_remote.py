@@ -1,7 +1,7 @@
 """Zarr stores on object storage (any fsspec URL): create, write shards, read shards.
 
 The layout and the checks are the local Zarr backend's; only the I/O differs: zarr's
-`FsspecStore` for metadata and writes, and batched byte-range requests for the fast read path.
+`FsspecStore` for metadata, one PUT per shard, and batched byte-range requests for the fast read path.
 Object stores have no rename and no fsync: each shard object appears whole when its PUT
 completes, and the manifest, written last, is still the commit point.
 """
@@ -14,17 +14,11 @@ from zarr.storage import FsspecStore
 from ...errors import StoreFormatError
 from ...urls import RemoteLocation
 from ..manifest import Manifest, ShardInfo
-from .base import Layout, ShardReader, WrittenShard
+from .base import Layout, ShardReader, ShardWriter
 from .remote import RemoteChunkReader
-from .zarr_format import (
-    ARRAY,
-    DECODERS,
-    BufferedShardWriter,
-    ZarrLibraryReader,
-    check_array,
-    create_array,
-    parse_shard_index,
-)
+from .shardfile import RemoteShardObject
+from .zarr_format import ARRAY, DECODERS, ZarrLibraryReader, check_array, create_array, parse_shard_index
+from .zarr_shards import ZarrShardWriter
 
 
 def zarr_store(location: RemoteLocation, read_only: bool) -> FsspecStore:
@@ -37,16 +31,9 @@ def prepare_remote(location: RemoteLocation, layout: Layout) -> None:
     create_array(group, layout)
 
 
-class RemoteZarrShardWriter(BufferedShardWriter):
+def open_remote_writer(location: RemoteLocation, layout: Layout, shard: int, shard_path: str) -> ShardWriter:
     """One PUT per shard: the object appears whole or not at all."""
-
-    def __init__(self, location: RemoteLocation, layout: Layout, shard: int, shard_path: str) -> None:
-        super().__init__(zarr_store(location, read_only=False), layout, shard, shard_path, location.url_of(shard_path))
-
-    def close(self) -> WrittenShard:
-        # docstring inherited
-        self._check_complete()
-        return self._assign()
+    return ZarrShardWriter(RemoteShardObject(location, shard_path), layout, shard)
 
 
 def open_remote_reader(location: RemoteLocation, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
