@@ -185,8 +185,9 @@ def convert_all(p: Profile, data: Path, labels: Path, partition: Path, root: Pat
     stores = {}
     for label, fmt, compression in STORES:
         out = root / f"store-{fmt}-{compression}"
+        shutil.rmtree(out, ignore_errors=True)  # deleting an earlier run's store is no part of converting
         work = functools.partial(convert, data, out, labels=labels, partition=partition, format=fmt,
-                                 compression=compression, workers=2, overwrite=True)  # fmt: skip
+                                 compression=compression, workers=2)  # fmt: skip
         results.append(_timed_conversion(f"convert to {label}, 2 workers", p.num_samples, p, work))
         stores[label] = out
     set_ratios(results, None, results[0])
