@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DiskFullError
 from ..inputs.samples import SampleRef, read_samples
-from ..storage.backends import Layout, ShardWriter, get_backend
+from ..storage.backends import Layout, ShardWriter, get_shard_writing
 from ..storage.files import checksum, shard_checksum
 from ..storage.manifest import ShardInfo
 from ..urls import RemoteLocation, is_url
@@ -65,7 +65,7 @@ def write_shard(task: ShardTask, progress=None) -> ShardRecord:
     """Write one shard; `progress.add(n)` is called as rows are written."""
     progress = progress or _NoProgress()
     layout = task.layout
-    backend = get_backend(task.backend)
+    backend = get_shard_writing(task.backend)
     if task.shapes is not None:  # variable shapes: the backend stores the shard's values in chunk rows
         values = sum(math.prod(shape) for shape in task.shapes)
         stored = layout.flat(task.shard, -(-values // layout.chunk_elements))

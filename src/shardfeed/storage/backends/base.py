@@ -110,27 +110,36 @@ class ShardReader(ABC):
         """Release file handles."""
 
 
-class Backend(ABC):
+class ShardWriting(ABC):
+    """What writing a backend's shards takes: their paths and writers. A process that only writes
+    shards (a conversion worker) gets this part alone (`get_shard_writing`), without the rest's imports."""
+
     name: str
 
     @abstractmethod
     def shard_path(self, layout: Layout, shard: int) -> str:
         """Path of shard number `shard`, relative to the store root."""
 
+    @abstractmethod
+    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
+        """A writer for shard number `shard` (rows shard*shard_rows onwards)."""
+
+    def open_remote_writer(self, location, layout: Layout, shard: int) -> ShardWriter:
+        """`open_writer` for a store at an fsspec URL."""
+        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
+
+
+class Backend(ShardWriting):
     def unstorable(self, sample_shape: tuple[int, ...], dtype: np.dtype) -> str | None:
         """Why this backend cannot store such samples, or None: asked while validating, before OUT exists."""
         return None
 
-    def prepare(self, root: Path, layout: Layout) -> None:  # noqa: B027 - most backends need nothing
+    def prepare(self, root: Path, layout: Layout) -> None:
         """Create whatever shards share (the driver calls this once, before any writer)."""
 
-    def extend(self, root: Path, layout: Layout) -> None:  # noqa: B027 - HDF5 shards are files of their own
+    def extend(self, root: Path, layout: Layout) -> None:
         """Make room for an append's shards in an existing store: `layout.num_samples` is the grid's
         new length (shards in cells beyond the old last one). The store must stay readable as it was."""
-
-    @abstractmethod
-    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
-        """A writer for shard number `shard` (rows shard*shard_rows onwards)."""
 
     @abstractmethod
     def open_reader(self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:
@@ -138,10 +147,6 @@ class Backend(ABC):
 
     def prepare_remote(self, location, layout: Layout) -> None:
         """`prepare` for a store at an fsspec URL."""
-        raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
-
-    def open_remote_writer(self, location, layout: Layout, shard: int) -> ShardWriter:
-        """`open_writer` for a store at an fsspec URL."""
         raise OptionError(REMOTE_REFUSAL.format(name=self.name, url=location))
 
     def open_remote_reader(self, location, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:

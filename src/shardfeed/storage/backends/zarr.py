@@ -19,27 +19,22 @@ from ...urls import RemoteLocation
 from ..files import read_store_file, write_atomic
 from ..manifest import Manifest, ShardInfo
 from . import zarr_remote
-from .base import Backend, Layout, ShardReader, ShardWriter
+from .base import Backend, Layout, ShardReader
 from .rawchunks import RawChunkReader
-from .shardfile import LocalShardFile
 from .zarr_format import ARRAY, DECODERS, ZarrLibraryReader, check_array, create_array, parse_shard_index
-from .zarr_shards import ZarrShardWriter
+from .zarr_shards import ZarrShardWriting
 
 MAX_METADATA_BYTES = 1 << 20
 
 
-class ZarrBackend(Backend):
-    name = "zarr"
+class ZarrBackend(ZarrShardWriting, Backend):
+    """The shards' paths and writers are `ZarrShardWriting`'s; the rest needs zarr."""
 
     def unstorable(self, sample_shape: tuple[int, ...], dtype: np.dtype) -> str | None:
         # docstring inherited
         if (dtype.kind == "f" and dtype.itemsize > 8) or (dtype.kind == "c" and dtype.itemsize > 16):
             return f"dtype {dtype.str}; Zarr v3 has no {dtype.name} (store float64 / complex128, or use --format hdf5)"
         return None
-
-    def shard_path(self, layout: Layout, shard: int) -> str:
-        # docstring inherited
-        return "/".join([ARRAY, "c", str(shard), *["0"] * len(layout.sample_shape)])
 
     def prepare(self, root: Path, layout: Layout) -> None:
         # docstring inherited
@@ -53,10 +48,6 @@ class ZarrBackend(Backend):
         metadata = json.loads(read_store_file(path, "array metadata", MAX_METADATA_BYTES))
         metadata["shape"][0] = layout.num_samples
         write_atomic(path, json.dumps(metadata, indent=2).encode())
-
-    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
-        # docstring inherited
-        return ZarrShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), layout, shard)
 
     def open_reader(
         self, root: Path, manifest: Manifest, shard: ShardInfo, fast: bool
@@ -90,10 +81,6 @@ class ZarrBackend(Backend):
     def prepare_remote(self, location: RemoteLocation, layout: Layout) -> None:
         # docstring inherited
         zarr_remote.prepare_remote(location, layout)
-
-    def open_remote_writer(self, location: RemoteLocation, layout: Layout, shard: int) -> ShardWriter:
-        # docstring inherited
-        return zarr_remote.open_remote_writer(location, layout, shard, self.shard_path(layout, shard))
 
     def open_remote_reader(
         self, location: RemoteLocation, manifest: Manifest, shard: ShardInfo, fast: bool

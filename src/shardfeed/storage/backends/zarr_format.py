@@ -17,9 +17,8 @@ from ...errors import StoreFormatError
 from ..manifest import Manifest
 from .base import Layout, ShardReader, copy_rows_from_chunks
 from .rawchunks import Decoder, zlib_decoder
-from .zarr_shards import BLOSC, GZIP_LEVEL, MISSING, ZSTD_LEVEL
+from .zarr_shards import ARRAY, BLOSC, GZIP_LEVEL, MISSING, ZSTD_LEVEL
 
-ARRAY = "x"
 COMPRESSOR_CODECS = {"none": [], "zstd": ["zstd"], "gzip": ["gzip"], "lz4": ["blosc"]}
 LITTLE_ENDIAN_BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
 INDEX_CODECS = [LITTLE_ENDIAN_BYTES, {"name": "crc32c"}]

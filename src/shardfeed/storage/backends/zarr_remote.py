@@ -1,7 +1,8 @@
 """Zarr stores on object storage (any fsspec URL): create, write shards, read shards.
 
 The layout and the checks are the local Zarr backend's; only the I/O differs: zarr's
-`FsspecStore` for metadata, one PUT per shard, and batched byte-range requests for the fast read path.
+`FsspecStore` for metadata, and batched byte-range requests for the fast read path (shards are
+written by `zarr_shards`, one PUT each).
 Object stores have no rename and no fsync: each shard object appears whole when its PUT
 completes, and the manifest, written last, is still the commit point.
 """
@@ -14,11 +15,9 @@ from zarr.storage import FsspecStore
 from ...errors import StoreFormatError
 from ...urls import RemoteLocation
 from ..manifest import Manifest, ShardInfo
-from .base import Layout, ShardReader, ShardWriter
+from .base import Layout, ShardReader
 from .remote import RemoteChunkReader
-from .shardfile import RemoteShardObject
 from .zarr_format import ARRAY, DECODERS, ZarrLibraryReader, check_array, create_array, parse_shard_index
-from .zarr_shards import ZarrShardWriter
 
 
 def zarr_store(location: RemoteLocation, read_only: bool) -> FsspecStore:
@@ -29,11 +28,6 @@ def zarr_store(location: RemoteLocation, read_only: bool) -> FsspecStore:
 def prepare_remote(location: RemoteLocation, layout: Layout) -> None:
     group = zarr.open_group(store=zarr_store(location, read_only=False), mode="a", zarr_format=3)
     create_array(group, layout)
-
-
-def open_remote_writer(location: RemoteLocation, layout: Layout, shard: int, shard_path: str) -> ShardWriter:
-    """One PUT per shard: the object appears whole or not at all."""
-    return ZarrShardWriter(RemoteShardObject(location, shard_path), layout, shard)
 
 
 def open_remote_reader(location: RemoteLocation, manifest: Manifest, shard: ShardInfo, fast: bool) -> ShardReader:

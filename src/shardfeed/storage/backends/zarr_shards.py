@@ -13,20 +13,42 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+from pathlib import Path
 
 import google_crc32c
 import numcodecs
 import numpy as np
 
-from .base import Layout, ShardWriter, WrittenShard
-from .shardfile import ShardSink
+from ...urls import RemoteLocation
+from .base import Layout, ShardWriter, ShardWriting, WrittenShard
+from .shardfile import LocalShardFile, RemoteShardObject, ShardSink
 
+ARRAY = "x"
 MISSING = 2**64 - 1
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 5
 BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 
 Encoder = Callable[[memoryview], bytes]
+
+
+class ZarrShardWriting(ShardWriting):
+    """Zarr's shard paths and writers, local and at URLs (one PUT per shard: the object appears
+    whole or not at all)."""
+
+    name = "zarr"
+
+    def shard_path(self, layout: Layout, shard: int) -> str:
+        # docstring inherited
+        return "/".join([ARRAY, "c", str(shard), *["0"] * len(layout.sample_shape)])
+
+    def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
+        # docstring inherited
+        return ZarrShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), layout, shard)
+
+    def open_remote_writer(self, location: RemoteLocation, layout: Layout, shard: int) -> ShardWriter:
+        # docstring inherited
+        return ZarrShardWriter(RemoteShardObject(location, self.shard_path(layout, shard)), layout, shard)
 
 
 def encoder(compression: str, dtype: np.dtype) -> Encoder | None:
