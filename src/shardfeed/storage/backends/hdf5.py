@@ -50,8 +50,9 @@ class HDF5Backend(Backend):
     def open_writer(self, root: Path, layout: Layout, shard: int) -> ShardWriter:
         # docstring inherited
         rows = min(layout.shard_rows, layout.num_samples - shard * layout.shard_rows)
-        if layout.compression != "none":
-            return HDF5ShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), layout, rows)
+        if layout.compression != "none":  # the in-memory file first: nothing on disk to leave if it fails
+            file, dset = _create_shard(layout, rows)
+            return HDF5ShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), file, dset)
         template = _template(dataclasses.replace(layout, num_samples=rows), rows)  # one per row count
         return HDF5RawShardWriter(LocalShardFile(root, self.shard_path(layout, shard)), template)
 
@@ -110,8 +111,8 @@ class HDF5ShardWriter(ShardWriter):
     """Compressed shards: rows written through h5py into the in-memory file, whose image then goes
     to `sink` (HDF5 places each compressed chunk where its size allows)."""
 
-    def __init__(self, sink: ShardSink, layout: Layout, rows: int) -> None:
-        self._file, self._dset = _create_shard(layout, rows)
+    def __init__(self, sink: ShardSink, file: h5py.File, dset: h5py.Dataset) -> None:
+        self._file, self._dset = file, dset
         self._sink = sink
         self._next = 0
 
