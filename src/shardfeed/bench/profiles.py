@@ -153,6 +153,7 @@ def prepare_data(p: Profile, root: Path, say: Say = quiet) -> tuple[Path, Path, 
 
 def _timed_conversion(name: str, samples: int, p: Profile, work: Callable[[], object]) -> Result:
     """One conversion figure: `work()` timed once, with the CPU used meanwhile."""
+    os.sync()  # files written before (the sources, just made) must not be written back during it
     with CpuMonitor() as cpu:
         started = time.perf_counter()
         work()
