@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import InputError
 from .finder import Found
 from .ids import check_id
-from .npy import read_npy_header
+from .npy import read_npy_header_and_stat
 
 
 def resolve_sample_path(src_root: Path, sample_id: str, folder: Path | None = None) -> Path:
@@ -58,8 +58,7 @@ class LocalFinder:
         for sample_id in ids:
             try:
                 path = resolve_sample_path(self.root, sample_id, self._folder_of(sample_id))
-                header = read_npy_header(path, sample_id)
-                info = os.stat(path)
+                header, info = read_npy_header_and_stat(path, sample_id)  # the file as opened
             except InputError as exc:
                 yield exc
                 continue
