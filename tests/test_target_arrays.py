@@ -416,3 +416,21 @@ def test_the_framework_free_adapters_give_the_targets(inputs, tmp_path):
     loader = torch_module.utils.data.DataLoader(StoreDataset(store, split="train", labels="targets"), batch_size=4)
     _tx, tt = next(iter(loader))
     assert tt.shape == (4, *SHAPE) and tt.numpy().tobytes() == store.targets.read(store.split("train")[:4]).tobytes()
+
+
+def test_variable_uint8_masks_pad_with_zero_and_refuse_a_value_they_cannot_hold(tmp_path):
+    """Images of different sizes with their masks: the default pad 0 is a uint8 value, -1 is not."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    for k in range(6):
+        h, w = (int(v) for v in rng.integers(3, 7, 2))
+        np.save(tmp_path / "img" / f"i{k}.npy", rng.random((h, w)).astype("f4"))
+        np.save(tmp_path / "msk" / f"i{k}.npy", (rng.random((h, w)) > 0.5).astype("u1"))
+    shardfeed.convert(tmp_path / "img", tmp_path / "s", targets=tmp_path / "msk", variable_shapes=True)
+    x, t = DataGenerator(tmp_path / "s", batch_size=6, shuffle=False, padding="batch")[0]
+    assert t.dtype == np.uint8 and t.shape == x.shape
+    with pytest.raises(OptionError, match=r"target_pad_value -1 is not a uint8 value"):
+        DataGenerator(tmp_path / "s", padding="batch", target_pad_value=-1)
+    with pytest.raises(OptionError, match=r"target_pad_value 0.5 is not a uint8 value \(it would become 0\)"):
+        DataGenerator(tmp_path / "s", padding="batch", target_pad_value=0.5)

@@ -240,10 +240,15 @@ class VariableBatchSource(BatchSource):
 
 
 def _pad_value(name: str, value: float, dtype: np.dtype):
+    """`value` in `dtype`, if it is exactly one of its values (0 in uint8 is; -1 and 0.5 are not)."""
     try:
-        return np.array(value).astype(dtype, casting="same_kind").item()
-    except (TypeError, ValueError) as exc:
+        cast = np.array(value, dtype=dtype)
+        exact = np.array_equal(cast, np.array(value), equal_nan=cast.dtype.kind in "fc")
+    except (TypeError, ValueError, OverflowError) as exc:
         raise OptionError(f"{name} {value!r} is not a {dtype} value: {exc}") from exc
+    if not exact:
+        raise OptionError(f"{name} {value!r} is not a {dtype} value (it would become {cast.item()!r})")
+    return cast.item()
 
 
 def _wider(array: np.ndarray, theirs: tuple[int, ...], sample_shape: tuple, pad_value) -> np.ndarray:
