@@ -74,9 +74,21 @@ def verify_store(
     """
     report = VerifyReport()
     finder = None if source is None else open_finder(source, store.storage_options, ids)
+    report.samples_checked = _verify_shards(store, finder, progress, report)
+    if store.manifest.targets_checksum is not None:
+        _verify_targets(store, targets, progress, ids, report)
+    elif targets is not None:
+        report.bad_shards[MANIFEST_NAME] = f"the store has no target arrays to compare with {targets}"
+    return report
+
+
+def _verify_shards(store: Store, finder: SampleFinder | None, progress, report: VerifyReport, prefix: str = "") -> int:
+    """Every shard of `store` and its samples into `report`, shard paths as `prefix` + path (the target
+    arrays' shards are `targets/...` of the store the user verifies); returns the samples checked."""
     manifest = store.manifest
     if not manifest.content_intact:
-        report.bad_shards[MANIFEST_NAME] = "its content does not match its checksum (edited after conversion?)"
+        report.bad_shards[prefix + MANIFEST_NAME] = "its content does not match its checksum (edited after conversion?)"
+    checked = 0
     layout = Layout(
         manifest.num_samples, manifest.sample_shape, manifest.np_dtype,
         manifest.chunk_rows, manifest.shard_rows, manifest.compression,
@@ -84,6 +96,7 @@ def verify_store(
     expected = store.checksums
     ids = store.ids
     for k, shard in enumerate(manifest.shards):
+        where = prefix + shard.path
         problem = _file_problem(store, shard)
         reasons = [problem] if problem else []
         try:
@@ -91,28 +104,24 @@ def verify_store(
         except Exception as exc:  # any failure to read a shard is a finding, not a crash
             reasons.append(f"{type(exc).__name__}: {exc}")
             for row in range(shard.first_row, shard.last_row + 1):
-                report.bad_samples[ids[row]] = f"in unreadable shard {shard.path}"
+                _add_reason(report.bad_samples, ids[row], f"in unreadable shard {where}")
         else:
             mismatched = np.flatnonzero(actual != expected[shard.first_row : shard.last_row + 1])
             for local in mismatched:
                 bad_id = ids[shard.first_row + local]
-                report.bad_samples[bad_id] = f"checksum mismatch in shard {shard.path}"
+                _add_reason(report.bad_samples, bad_id, f"checksum mismatch in shard {where}")
             if len(mismatched):
                 reasons.append(f"{len(mismatched)} sample(s) do not match their checksums")
             elif reasons:
                 reasons.append("every sample still reads back correctly")
         if reasons:
-            report.bad_shards[shard.path] = "; ".join(reasons)
-        report.samples_checked += shard.num_rows
+            report.bad_shards[where] = "; ".join(reasons)
+        checked += shard.num_rows
         if finder is not None:
             _compare_with_source(store, finder, shard.first_row, shard.last_row + 1, report)
         if progress:
             progress(shard.num_rows)
-    if manifest.targets_checksum is not None:
-        _verify_targets(store, targets, progress, ids, report)
-    elif targets is not None:
-        report.bad_shards[MANIFEST_NAME] = f"the store has no target arrays to compare with {targets}"
-    return report
+    return checked
 
 
 def _verify_targets(store: Store, source, progress, ids, report: VerifyReport) -> None:
@@ -125,12 +134,12 @@ def _verify_targets(store: Store, source, progress, ids, report: VerifyReport) -
         for sample_id in store.ids:
             _add_reason(report.bad_samples, sample_id, "its target array is unreadable")
         return
-    found = verify_store(targets, source, progress, None if source is None else ids_for(source, ids))
-    for path, reason in found.bad_shards.items():
-        report.bad_shards[f"{TARGETS_DIR}/{path}"] = reason
+    finder = None if source is None else open_finder(source, store.storage_options, ids_for(source, ids))
+    found = VerifyReport()
+    report.targets_checked = _verify_shards(targets, finder, progress, found, f"{TARGETS_DIR}/")
+    report.bad_shards.update(found.bad_shards)
     for sample_id, reason in found.bad_samples.items():
         _add_reason(report.bad_samples, sample_id, f"its target array: {reason}")
-    report.targets_checked = found.samples_checked
 
 
 def _add_reason(reasons: dict[str, str], sample_id: str, reason: str) -> None:
