@@ -45,9 +45,11 @@ def main() -> None:
             keras.Input((32, 32, 1)),
             keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
             keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(2, 1, activation="softmax"),  # background / rectangle, per pixel
+            keras.layers.Conv2D(2, 1),  # logits of background / rectangle, per pixel
         ])  # fmt: skip
-        model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        # From logits: Keras' torch backend fails on a per-pixel softmax output with this loss.
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(keras.optimizers.Adam(0.01), loss, metrics=["accuracy"])
         history = model.fit(train, validation_data=validation, epochs=args.epochs, verbose=2)
         masks_seen = shardfeed.open_store(store).targets.read(validation.source.rows)
         print(f"validation pixel accuracy: {history.history['val_accuracy'][-1]:.3f} (calling every pixel "

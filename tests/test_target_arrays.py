@@ -5,8 +5,12 @@ and every bad input."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -434,3 +438,28 @@ def test_variable_uint8_masks_pad_with_zero_and_refuse_a_value_they_cannot_hold(
         DataGenerator(tmp_path / "s", padding="batch", target_pad_value=-1)
     with pytest.raises(OptionError, match=r"target_pad_value 0.5 is not a uint8 value \(it would become 0\)"):
         DataGenerator(tmp_path / "s", padding="batch", target_pad_value=0.5)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_fit_on_targets_under_every_keras_backend(tmp_path, backend):
+    """Per-pixel training with a joint flip in worker processes, and per-step tags padded per batch,
+    in a fresh interpreter with KERAS_BACKEND set (`probes/targets_fit.py`)."""
+    from shardfeed.inputs.demo import make_segmentation_dataset
+
+    images, masks, _ = make_segmentation_dataset(tmp_path / "seg", num_samples=48, shape=(16, 16))
+    shardfeed.convert(images, tmp_path / "seg.zarr", targets=masks)
+    seq, tags = write_sequences(tmp_path, n=12)
+    shardfeed.convert(seq, tmp_path / "seq.zarr", targets=tags, variable_shapes=True)
+    probe = Path(__file__).parent / "probes" / "targets_fit.py"
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, str(probe), str(tmp_path / "seg.zarr"), str(tmp_path / "seq.zarr")],
+                          capture_output=True, text=True, timeout=500, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["backend"] == backend and out["mask_shape"] == [16, 16, 16, 2]
+    assert len(out["segmentation"]) == 2 and np.isfinite(out["segmentation"]).all()
+    assert len(out["sequences"]) == 2 and np.isfinite(out["sequences"]).all()
+    store = shardfeed.open_store(tmp_path / "seq.zarr")
+    generator = DataGenerator(store, batch_size=4, seed=0, padding="batch")
+    assert out["widths"] == [int(store.shapes[generator.source.batch_rows(0, k), 0].max()) for k in range(3)]
