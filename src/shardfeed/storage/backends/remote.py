@@ -50,12 +50,11 @@ class RemoteChunkReader(ShardReader):
         touched = np.unique(chunks)
         blobs = self._fetch(self._offsets[touched], self._offsets[touched] + self._sizes[touched])
         for chunk, blob in zip(touched.tolist(), blobs):
+            data = np.empty(self._chunk_nbytes, dtype=np.uint8)
             try:
-                data = self._decode(blob, self._chunk_nbytes)
+                self._decode(blob, data)
             except Exception as exc:  # codecs raise their own error types on corrupt input
                 raise StoreFormatError(f"{self._path}: chunk {chunk} does not decode: {exc}") from exc
-            if len(data) != self._chunk_nbytes:
-                raise StoreFormatError(f"{self._path}: chunk {chunk} decodes to {len(data)} bytes")
             rows = np.frombuffer(data, dtype=self._dtype).reshape(self._chunk_rows, *self._sample_shape)
             mine = chunks == chunk
             out[positions[mine]] = rows[local_rows[mine] - chunk * self._chunk_rows]

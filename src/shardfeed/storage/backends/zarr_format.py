@@ -8,6 +8,8 @@ fill values), and check the array's metadata against it before zarr reads anythi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numcodecs
 import numpy as np
 import zarr
@@ -19,6 +21,7 @@ from .base import Layout, ShardReader, copy_rows_from_chunks
 from .rawchunks import Decoder, zlib_decoder
 from .zarr_shards import ARRAY, BLOSC, GZIP_LEVEL, MISSING, ZSTD_LEVEL
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 COMPRESSOR_CODECS = {"none": [], "zstd": ["zstd"], "gzip": ["gzip"], "lz4": ["blosc"]}
 LITTLE_ENDIAN_BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
 INDEX_CODECS = [LITTLE_ENDIAN_BYTES, {"name": "crc32c"}]
@@ -33,20 +36,51 @@ def _compressors(compression: str):
     }[compression]
 
 
-def _bounded(codec) -> Decoder:
-    def decode(data: bytes, expected: int) -> bytes:
-        out = np.empty(expected, dtype=np.uint8)
+def zstd_content_size(frame: bytes) -> int | None:
+    """The size a zstd frame says it decompresses to, from its header (RFC 8878, 3.1.1.1); None
+    when it does not say."""
+    header = memoryview(frame)[:18]
+    if len(header) < 5 or bytes(header[:4]) != ZSTD_MAGIC:
+        raise ValueError("not a zstd frame")
+    descriptor = header[4]
+    size_flag, single_segment, dictionary_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    start = 5 + (1 - single_segment) + (0, 1, 2, 4)[dictionary_flag]
+    width = (single_segment, 2, 4, 8)[size_flag]
+    if width == 0:
+        return None
+    if len(header) < start + width:
+        raise ValueError("zstd frame header cut short")
+    size = int.from_bytes(header[start : start + width], "little")
+    return size + 256 if width == 2 else size
+
+
+def blosc_content_size(frame: bytes) -> int:
+    """The size a blosc buffer says it decompresses to (its header's nbytes, bytes 4-7)."""
+    header = memoryview(frame)[:16]
+    if len(header) < 16:
+        raise ValueError("blosc header cut short")
+    return int.from_bytes(header[4:8], "little")
+
+
+def _bounded(codec, content_size: Callable[[bytes], int | None]) -> Decoder:
+    """Decode with `codec` straight into the caller's buffer, once the chunk's header says it fills
+    it exactly: numcodecs decodes a smaller chunk into a larger buffer without a word, which would
+    leave the rest of it as it was (issue #13's review)."""
+
+    def decode(data: bytes, out: np.ndarray) -> None:
+        declared = content_size(data)
+        if declared != len(out):
+            raise ValueError(f"its header says {declared} decoded bytes, expected {len(out)}")
         codec.decode(data, out=out)
-        return out.data
 
     return decode
 
 
 DECODERS: dict[str, Decoder | None] = {
     "none": None,
-    "zstd": _bounded(numcodecs.Zstd()),
+    "zstd": _bounded(numcodecs.Zstd(), zstd_content_size),
     "gzip": zlib_decoder(31),
-    "lz4": _bounded(numcodecs.Blosc()),
+    "lz4": _bounded(numcodecs.Blosc(), blosc_content_size),
 }
 
 
