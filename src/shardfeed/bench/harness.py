@@ -28,13 +28,18 @@ import numpy as np
 
 from ..feed.batches import BatchSource
 from ..storage.alignment import aligned_empty
+from ..storage.backends.rawchunks import decode_pool
+from ..storage.backends.zarr_format import DECODERS
+from ..storage.backends.zarr_shards import encoder
 from ..storage.store import Store
 
 NOISY_OTHER_CPU = 0.10  # other processes' share of all CPUs above which a figure is flagged
 LIMIT_NAME = "mmap limit"
 MEMORY_NAME = "memory bandwidth (one np.copyto)"
+BATCH_COPY_NAME = "batch copy (np.copyto of a batch)"
 DISK_NAME = "disk sequential read (dd-style)"
 TUTORIAL_NAME = "tutorial generator"
+DECODE_NAME = "zstd decoding alone (chunks in memory)"
 MiB = 1 << 20
 COPY_BYTES = 512 * MiB  # well beyond any last-level cache
 DISK_BLOCK = 8 * MiB
@@ -193,6 +198,39 @@ class MmapLimit:
         self._x = None  # unmaps once the last batch view is gone
 
 
+class DecodeLimit:
+    """The decoder's limit for a compressed store: chunks of the limit's samples, encoded with the
+    store's codec and held in memory, decoded straight into a batch array's rows by the decoder
+    `Store.read` uses, on the same threads, with no file, index or copy in between (`max_chunks`
+    of them, in turn).
+    """
+
+    def __init__(self, npy_path: str | os.PathLike, source: BatchSource, compression: str,
+                 max_chunks: int = 1024) -> None:  # fmt: skip
+        self.source = source
+        self.num_batches = source.num_batches
+        x = np.load(npy_path, mmap_mode="r")
+        encode = encoder(compression, x.dtype)
+        count = min(len(x), max_chunks)
+        self._chunks = [encode(memoryview(np.ascontiguousarray(x[i])).cast("B")) for i in range(count)]
+        self._decode = DECODERS[compression]
+        self._out = aligned_empty((source.batch_size, *x.shape[1:]), x.dtype)
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        rows = (self.source.batch_rows(epoch, index) % len(self._chunks)).tolist()
+        out_bytes = self._out.reshape(len(self._out), -1).view(np.uint8)
+
+        def decode(i: int) -> None:
+            self._decode(self._chunks[rows[i]], out_bytes[i])
+
+        for _ in decode_pool().map(decode, range(len(rows))):
+            pass
+        return (self._out[: len(rows)],)
+
+    def close(self) -> None:
+        self._chunks = []
+
+
 class PyDatasetReader:
     """A Keras `PyDataset` (the tutorial's generator) driven like `fit` drives it, in-process."""
 
@@ -225,6 +263,31 @@ def memory_bandwidth(sample_nbytes: int, *, nbytes: int = COPY_BYTES, rounds: in
             np.copyto(target, source)
             rates.append(nbytes / sample_nbytes / (time.perf_counter() - started))
     return result_from_rates(section, MEMORY_NAME, rates, sample_nbytes, cpu, rounds * nbytes // sample_nbytes)
+
+
+def batch_copy_rate(sample_nbytes: int, batch_nbytes: int, *, nbytes: int = COPY_BYTES, rounds: int = 3,
+                    section: str = "readers") -> Result:  # fmt: skip
+    """The least a reader of large samples must do: copy each batch's bytes from memory into one
+    reused batch array (`np.copyto`, batch after batch of `nbytes`), as samples/s of `sample_nbytes`.
+
+    Below `memory_bandwidth` on some CPUs: glibc streams only copies larger than most of the
+    last-level cache past it, and a copy of a few MiB through the cache reads each destination
+    line before writing it. This row tells that part of a reader's distance to the memory
+    bandwidth, which no reader that writes its batches through the cache can close, from its own.
+    """
+    batches = max(1, nbytes // batch_nbytes)
+    source, target = aligned_empty((batches, batch_nbytes), np.uint8, 0), aligned_empty(batch_nbytes, np.uint8, 2048)
+    source.fill(1)
+    target.fill(0)
+    rates = []
+    with CpuMonitor() as cpu:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for batch in source:
+                np.copyto(target, batch)
+            rates.append(batches * batch_nbytes / sample_nbytes / (time.perf_counter() - started))
+    return result_from_rates(section, BATCH_COPY_NAME, rates, sample_nbytes, cpu,
+                             rounds * batches * batch_nbytes // sample_nbytes, note="through the cache")  # fmt: skip
 
 
 def disk_read_rate(path: str | os.PathLike, sample_nbytes: int, *, seconds: float = 5.0,

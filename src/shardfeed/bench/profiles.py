@@ -29,19 +29,22 @@ from pathlib import Path
 import numpy as np
 
 from ..feed.batches import BatchSource
-from ..inputs.demo import make_tutorial_dataset
+from ..inputs.demo import DEMO_STEP, make_tutorial_dataset
 from ..storage.store import open_store
 from ..writing.convert import convert
 from .harness import (
     COPY_BYTES,
+    DECODE_NAME,
     LIMIT_NAME,
     TUTORIAL_NAME,
     CpuMonitor,
+    DecodeLimit,
     MiB,
     MmapLimit,
     PyDatasetReader,
     Result,
     StoreReader,
+    batch_copy_rate,
     disk_read_rate,
     drop_page_cache,
     format_table,
@@ -133,7 +136,7 @@ def make_profiles(
 
 def prepare_data(p: Profile, root: Path, say: Say = quiet) -> tuple[Path, Path, Path]:
     """The tutorial layout with every sample in split 'train'; reused when already there."""
-    spec = {"n": p.num_samples, "shape": list(p.shape), "dtype": p.dtype, "classes": p.num_classes}
+    spec = {"n": p.num_samples, "shape": list(p.shape), "dtype": p.dtype, "classes": p.num_classes, "step": DEMO_STEP}
     marker = root / "source.json"
     data, labels, partition = root / "data", root / "labels.json", root / "partition.json"
     if marker.exists() and json.loads(marker.read_text()) == spec:
@@ -226,6 +229,8 @@ def reader_factories(
     for shuffle in SHUFFLES:
         factories.append((f"{LIMIT_NAME} ({shuffle})", shuffle,
                           lambda s=shuffle: MmapLimit(npy, source_of(stores["HDF5"], p, s), positions)))  # fmt: skip
+    factories.append((DECODE_NAME, "global",
+                      lambda: DecodeLimit(npy, source_of(stores["Zarr zstd"], p, "global"), "zstd")))  # fmt: skip
     for label, _, _ in STORES:
         for shuffle in SHUFFLES:
             factories.append((f"shardfeed {label} ({shuffle})", shuffle,
@@ -235,17 +240,19 @@ def reader_factories(
 
 def run_readers(p: Profile, factories: list, cold: bool, npy: Path, say: Say = quiet) -> list[Result]:
     """Every reader warm (median of rounds) or cold (first seconds after dropping the cache), after
-    the machine's limit: memory bandwidth warm, cold the disk reading `npy` (the limit's data) in order."""
+    the machine's limits: warm the memory bandwidth and a batch-by-batch copy, cold the disk reading
+    `npy` (the limit's data) in order."""
     mode = "cold" if cold else "warm"
 
     def progress(r: Result) -> None:
         say(f"[{p.name}] {mode} {r.name}: {r.samples_per_s:,.0f} samples/s")
 
     if cold:
-        machine = disk_read_rate(npy, p.sample_nbytes, seconds=p.cold_seconds)
+        disk = disk_read_rate(npy, p.sample_nbytes, seconds=p.cold_seconds)
+        limits = [] if disk is None else [disk]
     else:
-        machine = memory_bandwidth(p.sample_nbytes, nbytes=p.copy_bytes)
-    limits = [] if machine is None else [machine]
+        limits = [memory_bandwidth(p.sample_nbytes, nbytes=p.copy_bytes),
+                  batch_copy_rate(p.sample_nbytes, p.batch_size * p.sample_nbytes, nbytes=p.copy_bytes)]  # fmt: skip
     for limit in limits:
         progress(limit)
     results = measure_readers(

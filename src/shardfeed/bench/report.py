@@ -117,9 +117,15 @@ HOW = """## How these figures are made
   `__data_generation` (per-ID `np.load` into a float64 batch, `to_categorical`). The *mmap limit*
   gathers the same rows (sorted within the batch) from one memory-mapped `.npy` holding every
   sample; `x limit` compares each reader with the limit of the same shuffle mode. MB/s counts
-  stored sample bytes.
+  stored sample bytes. *zstd decoding alone* is the decoder's limit: 1,024 of the samples
+  compressed as the zstd store compresses them, held in memory, and decoded straight into batch
+  rows on the threads `Store.read` decodes on. The samples are the demo data's: Gaussian noise
+  plus a class pattern, on a grid of 1/32 as 8-bit pixels scaled to floats are, so that they
+  compress (to about 35 % with zstd) as such data does.
 - The machine's limits, in samples/s of the profile's size: warm, the *memory bandwidth* (one
-  `np.copyto` of 512 MB between buffers already faulted in, median of 5); cold, the disk's
+  `np.copyto` of 512 MB between buffers already faulted in, median of 5) and the *batch copy*
+  (the same 512 MB copied a batch at a time into one reused batch array: the least a reader must
+  do, through the cache, which some CPUs do slower than one large copy); cold, the disk's
   *sequential read* of the limit's `.npy` in 8 MiB blocks right after `posix_fadvise(DONTNEED)`
   dropped its pages (as `dd` reads). `x best limit` compares each reader with the best of its
   section's limits (the mmap gather of its shuffle mode included): large samples should come
