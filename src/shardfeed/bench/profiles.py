@@ -324,7 +324,8 @@ def run_profile(p: Profile, root: Path, cold: bool, say: Say = quiet) -> Profile
     factories = reader_factories(p, data, labels, partition, stores, npy)
     report.readers = run_readers(p, factories, cold=False, npy=npy, say=say)
     if cold and drop_page_cache():
-        report.cold = run_readers(p, factories, cold=True, npy=npy, say=say)
+        on_disk = [f for f in factories if f[0] != DECODE_NAME]  # decoding alone reads nothing from disk
+        report.cold = run_readers(p, on_disk, cold=True, npy=npy, say=say)
     else:
         report.notes.append(
             "cold-cache figures skipped: the page cache could not be dropped "

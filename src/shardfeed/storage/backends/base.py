@@ -8,6 +8,7 @@ copies requested rows into a caller's buffer. Only modules in this package impor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,13 @@ class ShardReader(ABC):
         back, and a read-only array over each run's mapped bytes. None otherwise."""
         return None
 
+    def decode_jobs(
+        self, local_rows: np.ndarray, out: np.ndarray, positions: np.ndarray
+    ) -> list[Callable[[], None]] | None:
+        """If this reader decodes chunks: `read`'s work as one job per touched chunk, for the caller
+        to run in parallel with other shards' (`run_jobs`). None otherwise."""
+        return None
+
     def gather(self, local_rows: np.ndarray, out: np.ndarray) -> bool:
         """Set `out[i] = sample(local_rows[i])` for rows in any order, if this reader can do that
         without sorting them (raw chunks can); returns whether it did."""
@@ -183,10 +191,23 @@ def copy_rows_from_chunks(
         chunk, a, b = group
         out[positions[a:b]] = read_chunk(chunk)[local_rows[a:b] - chunk * chunk_rows]
 
-    groups = chunk_groups(local_rows, chunk_rows)
-    if pool is None or len(groups) < 2:
-        for group in groups:
-            copy(group)
+    run_each(copy, chunk_groups(local_rows, chunk_rows), pool)
+
+
+def run_each(work: Callable, items: Sequence, pool=None) -> None:
+    """`work(item)` for each item, on `pool`'s threads when there are several."""
+    if pool is None or len(items) < 2:
+        for item in items:
+            work(item)
     else:
-        for _ in pool.map(copy, groups):  # re-raises the first failure
+        for _ in pool.map(work, items):  # re-raises the first failure
             pass
+
+
+def run_jobs(jobs: Sequence[Callable[[], None]], pool=None) -> None:
+    """Call each job (`ShardReader.decode_jobs`), on `pool`'s threads when there are several."""
+    run_each(_call, jobs, pool)
+
+
+def _call(job: Callable[[], None]) -> None:
+    job()
