@@ -79,3 +79,21 @@ def test_a_chunk_that_decodes_to_fewer_bytes_is_refused_not_left_part_filled(tmp
         store.read(rows)
     good = [shard.first_row, shard.first_row + 4]  # the shard's other chunks still read
     assert all(store.read(good)[i].tobytes() == arrays[store.ids[r]].tobytes() for i, r in enumerate(good))
+
+
+COMPRESSED = [("zarr", "zstd"), ("zarr", "lz4"), ("zarr", "gzip"), ("hdf5", "gzip")]
+
+
+@pytest.mark.parametrize(("fmt", "compression"), COMPRESSED)
+@pytest.mark.parametrize("chunk_rows", [1, 3])
+def test_compressed_rows_across_shards_any_order_with_repeats(tmp_path, make_npy_dir, fmt, compression, chunk_rows):
+    """Chunks of one row decode straight into the batch (a repeated row copied from there); larger
+    ones through a scratch buffer; every shard's chunks on the threads at once."""
+    src, _, _, arrays = make_npy_dir(n=40, shape=(16, 16), num_classes=None)
+    shardfeed.convert(src, tmp_path / "s", format=fmt, compression=compression, chunk_rows=chunk_rows,
+                      shard_size=6 * 1024)  # fmt: skip
+    store = shardfeed.open_store(tmp_path / "s")
+    assert len(store.manifest.shards) >= 6
+    rows = np.random.default_rng(2).integers(0, 40, 90)
+    got = store.read(rows)
+    assert all(got[i].tobytes() == arrays[store.ids[r]].tobytes() for i, r in enumerate(rows.tolist()))
