@@ -254,15 +254,7 @@ def memory_bandwidth(sample_nbytes: int, *, nbytes: int = COPY_BYTES, rounds: in
     """The warm limit of large samples: one `np.copyto` of `nbytes` between buffers already faulted
     in, placed so that they do not alias (see `storage.alignment`), as samples/s of `sample_nbytes`."""
     source, target = aligned_empty(nbytes, np.uint8, 0), aligned_empty(nbytes, np.uint8, 2048)
-    source.fill(1)
-    target.fill(0)
-    rates = []
-    with CpuMonitor() as cpu:
-        for _ in range(rounds):
-            started = time.perf_counter()
-            np.copyto(target, source)
-            rates.append(nbytes / sample_nbytes / (time.perf_counter() - started))
-    return result_from_rates(section, MEMORY_NAME, rates, sample_nbytes, cpu, rounds * nbytes // sample_nbytes)
+    return _timed_copies(MEMORY_NAME, source, target, sample_nbytes, rounds, section)
 
 
 def batch_copy_rate(sample_nbytes: int, batch_nbytes: int, *, nbytes: int = COPY_BYTES, rounds: int = 3,
@@ -276,18 +268,27 @@ def batch_copy_rate(sample_nbytes: int, batch_nbytes: int, *, nbytes: int = COPY
     bandwidth, which no reader that writes its batches through the cache can close, from its own.
     """
     batches = max(1, nbytes // batch_nbytes)
-    source, target = aligned_empty((batches, batch_nbytes), np.uint8, 0), aligned_empty(batch_nbytes, np.uint8, 2048)
+    source = aligned_empty(batches * batch_nbytes, np.uint8, 0)
+    target = aligned_empty(batch_nbytes, np.uint8, 2048)
+    return _timed_copies(BATCH_COPY_NAME, source, target, sample_nbytes, rounds, section, note="through the cache")
+
+
+def _timed_copies(name: str, source: np.ndarray, target: np.ndarray, sample_nbytes: int, rounds: int,
+                  section: str, note: str = "") -> Result:  # fmt: skip
+    """`rounds` times, all of `source` copied into `target` in pieces of `target`'s size (one piece
+    when they are as large), after both were faulted in; the median round as samples/s."""
     source.fill(1)
     target.fill(0)
+    pieces = source.reshape(-1, target.size)
     rates = []
     with CpuMonitor() as cpu:
         for _ in range(rounds):
             started = time.perf_counter()
-            for batch in source:
-                np.copyto(target, batch)
-            rates.append(batches * batch_nbytes / sample_nbytes / (time.perf_counter() - started))
-    return result_from_rates(section, BATCH_COPY_NAME, rates, sample_nbytes, cpu,
-                             rounds * batches * batch_nbytes // sample_nbytes, note="through the cache")  # fmt: skip
+            for piece in pieces:
+                np.copyto(target, piece)
+            rates.append(source.nbytes / sample_nbytes / (time.perf_counter() - started))
+    return result_from_rates(section, name, rates, sample_nbytes, cpu, rounds * source.nbytes // sample_nbytes,
+                             note=note)  # fmt: skip
 
 
 def disk_read_rate(path: str | os.PathLike, sample_nbytes: int, *, seconds: float = 5.0,
