@@ -62,11 +62,15 @@ class InterruptAt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
-def _fit(store, backup_dir, interrupt=None, epochs=3):
+def _fit(store, backup_dir, interrupt=None, epochs=3, earlier_epochs=0):
+    """A fit with `ResumeCallback`, after `earlier_epochs` of a first fit of the same generator and
+    model without one (a notebook's second `fit`)."""
     gen = DataGenerator(store, split="train", batch_size=32, seed=5)
-    served = recording(gen)
     # Plain SGD: BackupAndRestore saves weights but not optimizer state such as Adam's moments.
     model = small_conv3d(gen.store.sample_shape, gen.store.num_classes, keras.optimizers.SGD(0.01))
+    if earlier_epochs:
+        model.fit(gen, epochs=earlier_epochs, verbose=0, shuffle=False)
+    served = recording(gen)
     callbacks = [ResumeCallback(backup_dir, gen, save_freq=1)]
     if interrupt:
         callbacks.append(InterruptAt(*interrupt))
@@ -84,6 +88,18 @@ def test_interrupted_fit_resumes_with_exactly_the_remaining_batches(demo_store, 
     assert first + resumed == uninterrupted
     for a, b in zip(model_a.get_weights(), model_b.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_second_fit_resumes_at_the_generators_own_epoch(demo_store, tmp_path):
+    """Keras numbers a second `fit`'s epochs from 0 again; the generator is two epochs further on
+    (2 and 3 here). The resumed process runs the second fit only: the saved position tells where."""
+    uninterrupted, _ = _fit(demo_store, tmp_path / "a", epochs=2, earlier_epochs=2)
+    assert uninterrupted[0] == (2, 0)
+    first, _ = _fit(demo_store, tmp_path / "b", interrupt=(1, 4), epochs=2, earlier_epochs=2)
+    first = first[: first.index((3, 4)) + 1]  # Keras' epoch 1, batch 4 is the generator's (3, 4)
+    resumed, _ = _fit(demo_store, tmp_path / "b", epochs=2)
+    assert resumed[0] == (3, 5)
+    assert first + resumed == uninterrupted
 
 
 def test_generator_state_round_trips(demo_store):

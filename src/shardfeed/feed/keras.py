@@ -202,36 +202,42 @@ class ResumeCallback(keras.callbacks.BackupAndRestore):
     first batch. This one saves the generator's (seed, epoch, next batch) beside the weights
     at exactly the same moments, so an interrupted `fit` resumed with the same arguments sees
     the batches an uninterrupted run would have seen, from the next batch on.
+
+    The position is the generator's own, counted from where this `fit` found it in batches
+    trained on: Keras' epoch number is another count once a `fit` is not the first, or takes
+    `steps_per_epoch` batches of a longer generator.
     """
 
     def __init__(self, backup_dir: str | os.PathLike, generator: DataGenerator, **kwargs) -> None:
         super().__init__(str(backup_dir), **kwargs)
         self.generator = generator
         self._state_path = Path(backup_dir) / "shardfeed_generator.json"
-        self._epoch = 0
-        self._first_batch = 0  # the generator's batch that Keras calls batch 0 in this epoch
-        self._batches_done = 0
+        self._start = (0, 0)  # the generator's (epoch, batch) that this fit's first batch is
+        self._trained = 0  # batches trained on in this fit's finished epochs
+        self._batches_done = 0  # and in the current one
         self._saved_filters: list | None = None
 
     def on_train_begin(self, logs=None) -> None:
-        super().on_train_begin(logs)
+        super().on_train_begin(logs)  # weights and Keras' epoch
         if self._state_path.exists():
             self.generator.set_state(json.loads(self._state_path.read_text()))
-            self.model._initial_epoch = self.generator.epoch
             if self.generator.start_batch:
                 # Keras counted the full epoch before we shortened it; it says so, wrongly.
                 self._saved_filters = warnings.filters[:]
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
+        # Keras' first batch is the epoch's first: a batch served before (JAX's and PyTorch's build pass
+        # draws one) is served again under the same index.
+        self._start, self._trained, self._batches_done = (self.generator.epoch, self.generator.start_batch), 0, 0
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
-        self._epoch, self._first_batch, self._batches_done = epoch, self.generator.start_batch, 0
+        self._batches_done = 0
 
     def on_train_batch_end(self, batch, logs=None) -> None:
-        self._batches_done = batch + 1
+        self._batches_done = batch + 1  # Keras' batch of this epoch: steps_per_execution counted
         super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None) -> None:
-        self._epoch, self._first_batch, self._batches_done = epoch + 1, 0, 0
+        self._trained, self._batches_done = self._trained + self._batches_done, 0
         if self._saved_filters is not None:
             warnings.filters[:] = self._saved_filters
             self._saved_filters = None
@@ -239,9 +245,7 @@ class ResumeCallback(keras.callbacks.BackupAndRestore):
 
     def _save_model(self) -> None:
         super()._save_model()
-        state = {
-            "seed": self.generator.seed,
-            "epoch": self._epoch,
-            "next_batch": self._first_batch + self._batches_done,
-        }
+        epoch, batch = self._start
+        epochs, next_batch = divmod(batch + self._trained + self._batches_done, self.generator.source.num_batches)
+        state = {"seed": self.generator.seed, "epoch": epoch + epochs, "next_batch": next_batch}
         write_atomic(self._state_path, json.dumps(state).encode())
