@@ -3,8 +3,8 @@
 Each sample is Gaussian noise plus a bright cube whose position depends on the class, so a
 small Conv3D model can learn it in a few epochs: enough to show that training from a store
 really learns, not just that it runs. Values lie on a grid of 1/32, as the pixels of an 8-bit
-scan scaled to floats do: compressed stores of it then compress as such data does (to about
-half), where float noise would not compress at all.
+scan scaled to floats do: compressed stores of it then compress as such data does (zstd to
+about a third), where float noise would not compress at all.
 """
 
 from __future__ import annotations
