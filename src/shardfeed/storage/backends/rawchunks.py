@@ -248,11 +248,13 @@ class RawChunkReader(ShardReader):
     def _decode_chunk(self, chunk: int, into: np.ndarray) -> np.ndarray:
         """Decode chunk `chunk` into `into` (uint8, the chunk's size); returns `into`."""
         start, size = int(self._offsets[chunk]), int(self._sizes[chunk])
-        with memoryview(self._mm) as mapped, mapped[start : start + size] as data:  # no copy of the bytes
-            try:
-                self._decode(data, into)
-            except Exception as exc:  # codecs raise their own error types on corrupt input
-                raise StoreFormatError(f"{self._path}: chunk {chunk} does not decode: {exc}") from exc
+        # A copy of the compressed bytes, not a view: a codec's error keeps its arguments alive in the
+        # traceback, and a live view of the mapping would stop close() from unmapping it.
+        data = self._mm[start : start + size]
+        try:
+            self._decode(data, into)
+        except Exception as exc:  # codecs raise their own error types on corrupt input
+            raise StoreFormatError(f"{self._path}: chunk {chunk} does not decode: {exc}") from exc
         return into
 
     def close(self) -> None:
