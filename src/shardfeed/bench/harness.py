@@ -28,9 +28,8 @@ import numpy as np
 
 from ..feed.batches import BatchSource
 from ..storage.alignment import aligned_empty
+from ..storage.backends.base import run_each
 from ..storage.backends.rawchunks import decode_pool
-from ..storage.backends.zarr_format import DECODERS
-from ..storage.backends.zarr_shards import encoder
 from ..storage.store import Store
 
 NOISY_OTHER_CPU = 0.10  # other processes' share of all CPUs above which a figure is flagged
@@ -207,6 +206,9 @@ class DecodeLimit:
 
     def __init__(self, npy_path: str | os.PathLike, source: BatchSource, compression: str,
                  max_chunks: int = 1024) -> None:  # fmt: skip
+        from ..storage.backends.zarr_format import DECODERS  # imports zarr: here, not at `shardfeed bench`'s start
+        from ..storage.backends.zarr_shards import encoder
+
         self.source = source
         self.num_batches = source.num_batches
         x = np.load(npy_path, mmap_mode="r")
@@ -223,8 +225,7 @@ class DecodeLimit:
         def decode(i: int) -> None:
             self._decode(self._chunks[rows[i]], out_bytes[i])
 
-        for _ in decode_pool().map(decode, range(len(rows))):
-            pass
+        run_each(decode, range(len(rows)), decode_pool())
         return (self._out[: len(rows)],)
 
     def close(self) -> None:
