@@ -13,22 +13,23 @@ from .ids import check_id
 from .npy import read_npy_header_and_stat
 
 
-def resolve_sample_path(src_root: Path, sample_id: str, folder: Path | None = None) -> Path:
+def resolve_sample_path(src_root: Path, sample_id: str, folder: Path | None = None) -> str:
     """Path of `<id>.npy` in `folder` (default: SRC itself), refusing IDs that are not plain names
     (wherever they came from: a partition, or a store's index for `verify --source`), links that
-    leave SRC and anything that is not a regular file."""
+    leave SRC and anything that is not a regular file. A str, not a Path: a scan of 100,000 small
+    files spent a fifth of its time building Paths."""
     check_id(sample_id, str(src_root))
-    folder = folder or src_root
-    path = folder / f"{sample_id}.npy"
+    path = os.path.join(folder or src_root, sample_id + ".npy")
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        raise InputError(f"{path}: sample {sample_id!r} has no file (expected {sample_id}.npy in {folder})") from None
+        raise InputError(f"{path}: sample {sample_id!r} has no file (expected {sample_id}.npy in "
+                         f"{folder or src_root})") from None  # fmt: skip
     except OSError as exc:
         raise InputError(f"{path}: sample {sample_id!r}: {exc.strerror}") from exc
     if stat.S_ISLNK(info.st_mode):
-        target = Path(os.path.realpath(path))
-        if not target.is_relative_to(src_root):
+        target = os.path.realpath(path)
+        if not Path(target).is_relative_to(src_root):
             raise InputError(f"{path}: sample {sample_id!r} is a symlink to {target}, outside {src_root}")
         try:
             info = os.lstat(target)

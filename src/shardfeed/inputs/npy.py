@@ -23,10 +23,11 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_HEADER_BYTES = 10_000
 SUPPORTED_KINDS = "biufc"
-# Samples of one data set share their header bytes: numpy's parser (literal_eval, ~50 us) runs
-# once per distinct header instead of once per file. Only headers that parsed are kept.
+# Samples of one data set share their header bytes: numpy's parser (literal_eval, ~50 us) and the
+# checks of what it found run once per distinct header instead of once per file; each file's size is
+# still checked. Only headers that passed are kept, with the data bytes they promise.
 HEADER_CACHE_SIZE = 64
-_parsed_headers: dict[bytes, tuple] = {}
+_checked_headers: dict[bytes, tuple[NpyHeader, int]] = {}
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,20 @@ def parse_npy_header(f: BinaryIO, where: str, file_size: int) -> NpyHeader:
     length = f.read(2 if version == (1, 0) else 4)
     header_len = int.from_bytes(length, "little")
     head = magic + length + (f.read(header_len) if header_len <= MAX_HEADER_BYTES else b"")
-    parsed = _parsed_headers.get(head)
-    if parsed is None:
-        parsed = _parse_header_bytes(head, version, where)
-        if len(_parsed_headers) < HEADER_CACHE_SIZE:
-            _parsed_headers[head] = parsed
-    shape, fortran, dtype = parsed
-    return _checked_header(where, shape, fortran, dtype, len(head), file_size)
+    checked = _checked_headers.get(head)
+    if checked is None:
+        shape, fortran, dtype = _parse_header_bytes(head, version, where)
+        checked = _checked_header(where, shape, fortran, dtype, len(head))
+        if len(_checked_headers) < HEADER_CACHE_SIZE:
+            _checked_headers[head] = checked
+    header, expected = checked
+    actual = file_size - header.data_offset
+    if expected != actual:
+        raise InputError(
+            f"{where}: header says shape {header.shape} {header.dtype.str} = {expected} bytes, "
+            f"but the file holds {actual} bytes after the header (truncated or corrupt)"
+        )
+    return header
 
 
 def _parse_header_bytes(head: bytes, version: tuple[int, int], where: str) -> tuple:
@@ -128,7 +136,8 @@ def npy_header_end(head: bytes) -> int | None:
     return 12 + int.from_bytes(head[8:12], "little")
 
 
-def _checked_header(where, shape, fortran, dtype, data_offset, file_size) -> NpyHeader:
+def _checked_header(where, shape, fortran, dtype, data_offset) -> tuple[NpyHeader, int]:
+    """The header if what it says is storable, and the data bytes it promises."""
     if dtype.hasobject:
         raise InputError(f"{where}: object dtype (a pickle) refused; shardfeed never loads pickles")
     if dtype.kind not in SUPPORTED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
@@ -137,11 +146,4 @@ def _checked_header(where, shape, fortran, dtype, data_offset, file_size) -> Npy
         raise InputError(f"{where}: header shape {shape} has negative or non-integer dimensions")
     if 0 in shape:
         raise InputError(f"{where}: shape {shape} holds no values; expected non-empty samples")
-    expected = math.prod(shape) * dtype.itemsize
-    actual = file_size - data_offset
-    if expected != actual:
-        raise InputError(
-            f"{where}: header says shape {shape} {dtype.str} = {expected} bytes, "
-            f"but the file holds {actual} bytes after the header (truncated or corrupt)"
-        )
-    return NpyHeader(tuple(shape), dtype, bool(fortran), data_offset)
+    return NpyHeader(tuple(shape), dtype, bool(fortran), data_offset), math.prod(shape) * dtype.itemsize
