@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardfeed.bench.harness import COLUMNS, CpuMonitor, MmapLimit, Result, format_table, write_limit_npy
+from shardfeed.bench.harness import (
+    BATCH_COPY_NAME,
+    COLUMNS,
+    MEMORY_NAME,
+    CpuMonitor,
+    MmapLimit,
+    Result,
+    format_table,
+    write_limit_npy,
+)
 from shardfeed.cli import main
 from shardfeed.feed.batches import BatchSource
 from shardfeed.storage.store import open_store
@@ -20,7 +29,7 @@ def _table_rows(text: str) -> dict[str, list[str]]:
     """Reader name -> cells, from the aligned text table (columns split on 2+ spaces)."""
     import re
 
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("CPU: ")]
     header = re.split(r"\s{2,}", lines[0].strip())
     assert header == list(COLUMNS)
     rows = {}
@@ -38,22 +47,30 @@ def test_bench_prints_limit_and_store_rows_with_ratios(small_store, backend, shu
     store, _ = small_store
     args = ["--batch-size", "8", "--shuffle", shuffle, "--seconds", "0.2"]
     assert main(["bench", str(store), *args]) == 0
-    rows = _table_rows(capsys.readouterr().out)
-    assert set(rows) == {f"mmap limit ({shuffle})", f"shardfeed {backend} ({shuffle})"}
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("CPU: ") and "logical CPUs" in out.splitlines()[0]
+    rows = _table_rows(out)
+    assert set(rows) == {f"mmap limit ({shuffle})", f"shardfeed {backend} ({shuffle})", MEMORY_NAME, BATCH_COPY_NAME}
     for cells in rows.values():
         samples_per_s, mb_per_s = (float(c.replace(",", "")) for c in cells[2:4])
         assert samples_per_s > 0 and mb_per_s > 0
-        assert float(cells[5]) > 0  # x limit is a number
+        assert float(cells[5]) > 0 and float(cells[6]) >= 0  # numbers (small samples: ~0 of memory bandwidth)
         assert cells[4] == "-"  # no tutorial reference for a lone store
     assert float(rows[f"mmap limit ({shuffle})"][5]) == 1.0
+    best = max(float(rows[name][2].replace(",", "")) for name in (f"mmap limit ({shuffle})", MEMORY_NAME,
+                                                                    BATCH_COPY_NAME))  # fmt: skip
+    store_rate = float(rows[f"shardfeed {backend} ({shuffle})"][2].replace(",", ""))
+    assert float(rows[f"shardfeed {backend} ({shuffle})"][6]) == pytest.approx(store_rate / best, rel=0.02, abs=0.01)
 
 
 def test_bench_json_lines(small_store, capsys):
     store, _ = small_store
     assert main(["bench", str(store), "--batch-size", "8", "--seconds", "0.2", "--json"]) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["section"] for r in results] == ["readers", "readers"]
-    assert all(isinstance(r["vs_limit"], float) and len(r["rounds"]) == 3 for r in results)
+    assert [r["section"] for r in results] == ["readers"] * 4
+    assert [r["name"] for r in results][2:] == [MEMORY_NAME, BATCH_COPY_NAME]
+    assert all(isinstance(r["vs_limit"], float) and isinstance(r["vs_best"], float) for r in results)
+    assert [len(r["rounds"]) for r in results] == [3, 3, 5, 3]
 
 
 def test_bench_rejects_bad_budget(small_store, capsys):

@@ -370,6 +370,7 @@ def _cmd_verify(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .bench.harness import format_table
+    from .bench.machine import cpu_line
     from .bench.store import bench_store
 
     if args.batch_size < 1 or not math.isfinite(args.seconds) or args.seconds <= 0:
@@ -383,6 +384,7 @@ def _cmd_bench(args) -> int:
         for result in results:
             print(json.dumps(result.to_dict()))
     else:
+        print(f"CPU: {cpu_line()}")  # ratios to the machine's limits differ between CPU kinds
         print(format_table(results))
         if any(r.noisy for r in results):
             print("NOISY: other processes used over 10 % of the CPUs during a measurement")

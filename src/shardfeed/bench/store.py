@@ -1,4 +1,6 @@
-"""`shardfeed bench STORE`: a store's reads against the memory-mapped limit of its own data."""
+"""`shardfeed bench STORE`: a store's reads against the memory-mapped limit of its own data and the
+machine's own limits (one large copy, and a copy a batch at a time), each read given as a ratio to
+the best of them."""
 
 from __future__ import annotations
 
@@ -9,7 +11,17 @@ from pathlib import Path
 from ..errors import OptionError
 from ..feed.batches import BatchSource
 from ..storage.store import open_store
-from .harness import LIMIT_NAME, MmapLimit, Result, StoreReader, measure_readers, set_ratios, write_limit_npy
+from .harness import (
+    LIMIT_NAME,
+    MmapLimit,
+    Result,
+    StoreReader,
+    batch_copy_rate,
+    measure_readers,
+    memory_bandwidth,
+    set_ratios,
+    write_limit_npy,
+)
 from .variable import bench_variable
 
 
@@ -24,7 +36,9 @@ def bench_store(
     fit_samples: int = 16384,
     tmpdir: str | None = None,
 ) -> list[Result]:
-    """Measure the store at `path` in-process against the memory-mapped limit of its own data.
+    """Measure the store at `path` in-process against the memory-mapped limit of its own data and
+    the machine's memory bandwidth (`memory_bandwidth`, `batch_copy_rate`: 1 GiB of buffers for a
+    moment); `vs_best` is each row's ratio to the fastest of these limits.
 
     The limit's `.npy` (a copy of the selected rows) is written to a temporary file under
     `tmpdir` and removed afterwards. With `fit`, also time `model.fit` of a trivial model from
@@ -51,7 +65,9 @@ def bench_store(
             (f"{label} ({shuffle})", lambda: StoreReader(source)),  # its close() shuts shard readers; --fit reopens
         ]
         results = measure_readers(readers, nbytes, seconds=seconds)
-        set_ratios(results, None, results[0])
+    machine = [memory_bandwidth(nbytes), batch_copy_rate(nbytes, batch_size * nbytes)]
+    results += machine
+    set_ratios(results, None, results[0], limits=machine)
     if fit:
         results += fit_in_memory_vs_store(store, source, fit_samples)
     store.close()
