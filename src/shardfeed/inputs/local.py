@@ -19,12 +19,12 @@ def resolve_sample_path(src_root: Path, sample_id: str, folder: Path | None = No
     leave SRC and anything that is not a regular file. A str, not a Path: a scan of 100,000 small
     files spent a fifth of its time building Paths."""
     check_id(sample_id, str(src_root))
-    path = os.path.join(folder or src_root, sample_id + ".npy")
+    folder = folder or src_root
+    path = os.path.join(folder, sample_id + ".npy")
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        raise InputError(f"{path}: sample {sample_id!r} has no file (expected {sample_id}.npy in "
-                         f"{folder or src_root})") from None  # fmt: skip
+        raise InputError(f"{path}: sample {sample_id!r} has no file (expected {sample_id}.npy in {folder})") from None
     except OSError as exc:
         raise InputError(f"{path}: sample {sample_id!r}: {exc.strerror}") from exc
     if stat.S_ISLNK(info.st_mode):
