@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 import shardfeed
 from shardfeed.cli import main
+from shardfeed.errors import InputError
+from shardfeed.inputs.ids import check_id
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -254,6 +256,24 @@ def test_convert_refuses_unsafe_id(tmp_path, make_npy_dir, case):
     message = assert_refused(src, tmp_path / "out", match=expected, partition=partition)
     assert "partition['train']" in message
     assert "IDs must be plain file names inside SRC" in message or case == "not-a-string"
+
+
+def test_every_ascii_id_is_judged_by_the_same_rules_on_the_fast_path():
+    """Plain ASCII IDs pass one pattern match; every one- and two-character ASCII ID, and IDs either
+    side of 200 bytes, get exactly the verdict of the rules above."""
+
+    def allowed(sample_id: str) -> bool:
+        return (0 < len(sample_id) <= 200 and not sample_id.startswith(".")
+                and all(" " <= ch <= "~" and ch not in "/\\" for ch in sample_id))  # fmt: skip
+
+    ascii_chars = [chr(c) for c in range(128)]
+    for sample_id in [*ascii_chars, *(a + b for a in ascii_chars for b in ascii_chars), "x" * 200, "x" * 201]:
+        try:
+            check_id(sample_id, "partition['train']")
+            verdict = True
+        except InputError:
+            verdict = False
+        assert verdict == allowed(sample_id), repr(sample_id)
 
 
 def test_convert_refuses_unsafe_id_from_json_file(tmp_path, make_npy_dir):

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "shardfeed"
 
 # Lower wings never import higher ones; wings of one rank (writing, feed) never import each other.
 RANKS = {
-    "errors": 0, "version": 0,
+    "errors": 0, "version": 0, "gcpause": 0,
     "urls": 1,
     "inputs": 2,
     "storage": 3,

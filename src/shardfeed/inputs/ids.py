@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 
 from ..errors import InputError
 
+# What most IDs are: printable ASCII, no separator, not hidden, at most 200 bytes. One match, where the
+# checks below cost 2.5 us an ID (a partition of 100,000 IDs is checked as it is read, and by the scan).
+_PLAIN_ASCII_ID = re.compile(r"[ -\-0-\[\]-~][ -.0-\[\]-~]{0,199}")
+
 
 def check_id(sample_id: object, where: str) -> str:
     """Refuse IDs that are not plain file names inside the source folder."""
+    if type(sample_id) is str and _PLAIN_ASCII_ID.fullmatch(sample_id):
+        return sample_id
     if not isinstance(sample_id, str):
         raise InputError(f"{where}: ID {sample_id!r} is a {type(sample_id).__name__}, expected a string")
     bad = None

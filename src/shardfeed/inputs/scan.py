@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, OptionError
+from ..gcpause import paused_gc
 from ..urls import is_url, local_root
 from .classfolders import ClassFolderFinder, is_class_folders
 from .encoding import CLASS, EncodedLabels, encode_labels
@@ -116,6 +117,7 @@ def ids_for(src: str | os.PathLike, ids: str | os.PathLike | Sequence[str] | Non
     return ids if str(src).rstrip("/").lower().endswith(".npy") else None
 
 
+@paused_gc()
 def scan_sources(
     src: str | os.PathLike,
     labels: Mapping[str, Label] | None = None,
@@ -225,8 +227,9 @@ def _ordered_ids(partition: Mapping[str, Sequence[str]]) -> list[tuple[str, str]
         if not isinstance(split, str) or not split:
             raise InputError(f"partition: split name {split!r} must be a non-empty string")
         check_name(split, "partition: split name")
+        where = f"partition[{split!r}]"
         for sample_id in ids:
-            check_id(sample_id, f"partition[{split!r}]")
+            check_id(sample_id, where)
             if sample_id in seen:
                 where = "twice in" if seen[sample_id] == split else f"in both {seen[sample_id]!r} and"
                 raise InputError(f"partition: ID {sample_id!r} is listed {where} split {split!r}")
