@@ -100,7 +100,7 @@ def _command(commands, name: str, summary: str, example: str) -> argparse.Argume
 
 def build_parser() -> argparse.ArgumentParser:
     from .storage.format import BACKEND_NAMES
-    from .writing.plan import DEFAULT_SHARD_SIZE, MIN_SHARD_BYTES, MIN_SHARDS
+    from .writing.plan import DEFAULT_SHARD_SIZE
 
     parser = argparse.ArgumentParser(prog="shardfeed", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"shardfeed {__version__}")
@@ -128,9 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=BACKEND_NAMES, default="zarr", help="store format (default: zarr)")
     p.add_argument("--chunk-rows", type=int, metavar="N", help="samples per chunk, the unit of a random read "
                    "(default: about 256 KiB of samples, 64 KiB when compressed)")
-    p.add_argument("--shard-size", metavar="SIZE", help=f"bytes per shard file, e.g. 256MB or 1GiB (default: "
-                   f"{DEFAULT_SHARD_SIZE}; a data set under {MIN_SHARDS} such shards gets {MIN_SHARDS} smaller ones, "
-                   f"of at least {MIN_SHARD_BYTES // 2**20} MiB, so that every worker has shards to write)")
+    p.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, metavar="SIZE",
+                   help=f"bytes per shard file, e.g. 256MB or 1GiB (default: {DEFAULT_SHARD_SIZE})")
     p.add_argument("--compression", default="none", help="none or gzip for hdf5; none, zstd, lz4 or gzip for zarr "
                    "(default: none)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="processes writing shards (default: 1)")

@@ -23,7 +23,7 @@ from ..storage.manifest import Manifest
 from ..urls import is_url, local_root
 from .cluster import dask_client, run_on_dask
 from .local import convert_local
-from .plan import choose_layout, layout_like, make_tasks, parse_size
+from .plan import DEFAULT_SHARD_SIZE, choose_layout, layout_like, make_tasks, parse_size
 from .pool import ProgressCallback, refuse_in_worker, run_tasks
 from .remote import convert_remote
 from .shardtask import ShardRecord, ShardTask
@@ -42,7 +42,7 @@ def convert(
     weights: str | os.PathLike | Mapping[str, float] | None = None,
     format: str = "zarr",
     chunk_rows: int | None = None,
-    shard_size: str | int | None = None,
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
     compression: str = "none",
     workers: int = 1,
     overwrite: bool = False,
@@ -71,10 +71,9 @@ def convert(
     Labels are class numbers or names, numbers with a fraction (regression targets) or lists of
     classes (multi-label); see `inputs.encoding`. `weights` (JSON or CSV `id,weight`, or a mapping)
     gives every sample a weight >= 0, kept in the index for `DataGenerator(sample_weight=True)`.
-    `shard_size` (bytes, or text such as "256MB") defaults to 128 MB, less for a small data set
-    (`plan.default_shard_bytes`). Shards are written by `workers` local processes, or as tasks on a
-    Dask cluster: pass a `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"`
-    for a `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
+    Shards are written by `workers` local processes, or as tasks on a Dask cluster: pass a
+    `dask.distributed.Client`, or `scheduler="tcp://host:port"` (or `"local"` for a
+    `LocalCluster` of `workers` processes). Dask workers must see `src` and `out` at the same
     paths (a shared file system), or `src` is a URL. This process commits the index and manifest.
     `src`, `labels`, `partition` and, for a Zarr store, `out` may be fsspec URLs
     (`s3://bucket/data`); `storage_options` go to fsspec for each of them (credentials and
@@ -97,7 +96,7 @@ def convert(
     sources = scan_sources(src, labels, partition, storage_options, ids, weights)
     if not variable_shapes:
         sources.refuse_varying_shapes()
-    layout = choose_layout(sources, chunk_rows, None if shard_size is None else parse_size(shard_size), compression)
+    layout = choose_layout(sources, chunk_rows, parse_size(shard_size), compression)
     _refuse_unstorable(backend, layout, sources)
     target_sources = None
     if targets is not None:

@@ -23,11 +23,6 @@ CHUNK_TARGET_BYTES = 256 * 1024
 # A random read decodes a whole compressed chunk for the rows it wants: smaller chunks waste less.
 COMPRESSED_CHUNK_TARGET_BYTES = 64 * 1024
 DEFAULT_SHARD_SIZE = "128MB"
-# Workers write whole shards, so a data set of one or two default shards converts on one or two cores.
-# Unless a shard size is given, smaller data sets get at least MIN_SHARDS shards, none under
-# MIN_SHARD_BYTES (a shard costs a file, its fsync and, for HDF5, a few kB of metadata).
-MIN_SHARDS = 16
-MIN_SHARD_BYTES = 4 * 2**20
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 
@@ -46,13 +41,11 @@ def parse_size(text: str | int) -> int:
     return size
 
 
-def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int | None, compression: str) -> Layout:
+def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int, compression: str) -> Layout:
     """Chunks of ~256 KiB (64 KiB compressed; a power of two of rows) unless given; shards a whole
-    number of chunks, of `shard_size` bytes or else `default_shard_bytes`."""
+    number of chunks."""
     n = len(sources.samples)
     nbytes = sources.sample_nbytes
-    if shard_size is None:
-        shard_size = default_shard_bytes(sources.data_nbytes)
     if chunk_rows is None:
         target = CHUNK_TARGET_BYTES if compression == "none" else COMPRESSED_CHUNK_TARGET_BYTES
         chunk_rows = 2 ** max(0, math.floor(math.log2(max(1, target // nbytes))))
@@ -62,11 +55,6 @@ def choose_layout(sources: SourceSet, chunk_rows: int | None, shard_size: int | 
     shard_rows = max(1, shard_size // (nbytes * chunk_rows)) * chunk_rows
     shard_rows = min(shard_rows, math.ceil(n / chunk_rows) * chunk_rows)
     return layout_like(sources, Layout(n, sources.sample_shape, sources.dtype, chunk_rows, shard_rows, compression))
-
-
-def default_shard_bytes(data_nbytes: int) -> int:
-    """128 MB, or less for data sets under MIN_SHARDS such shards: enough shards for the workers."""
-    return max(MIN_SHARD_BYTES, min(parse_size(DEFAULT_SHARD_SIZE), data_nbytes // MIN_SHARDS))
 
 
 def layout_like(sources: SourceSet, layout: Layout) -> Layout:
