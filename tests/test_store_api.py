@@ -424,6 +424,20 @@ def test_large_rows_across_shards_in_any_order(tmp_path, make_npy_dir, fmt, comp
     assert all(got[i].tobytes() == arrays[fast.ids[r]].tobytes() for i, r in enumerate(rows.tolist()))
 
 
+@pytest.mark.parametrize("fmt", ["hdf5", "zarr"])
+def test_small_rows_across_shards_in_any_order(tmp_path, make_npy_dir, fmt):
+    """48-byte samples, 4 chunks of 2 per shard: a batch spans shards, each shard's rows gathered
+    from its one run of chunks into the caller's positions, repeats included."""
+    src, _, _, arrays = make_npy_dir(n=40, shape=(4, 3), num_classes=None)
+    shardfeed.convert(src, tmp_path / "s", format=fmt, chunk_rows=2, shard_size=8 * 48)
+    fast, library = shardfeed.open_store(tmp_path / "s"), shardfeed.open_store(tmp_path / "s", fast=False)
+    assert len(fast.manifest.shards) == 5 and len(fast._reader(1).raw_runs()[0]) == 1
+    rows = np.random.default_rng(10).integers(0, 40, 64)
+    got = fast.read(rows)
+    assert got.tobytes() == library.read(rows).tobytes()
+    assert all(got[i].tobytes() == arrays[fast.ids[r]].tobytes() for i, r in enumerate(rows.tolist()))
+
+
 def test_large_rows_across_hdf5_shards_with_several_runs(tmp_path, make_npy_dir):
     """HDF5 puts chunk index nodes between runs of chunks (shards written before issue #13, or by
     h5py's defaults): rows come from the right run."""

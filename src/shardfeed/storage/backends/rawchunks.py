@@ -234,6 +234,11 @@ class RawChunkReader(ShardReader):
             # are checked by Store.read); "raise" would buffer `out`.
             np.take(self._views[0], local_rows, axis=0, out=out, mode="clip")
             return
+        if len(self._views) == 1 and self._sample_nbytes < ROW_COPY_MIN_BYTES:
+            # This shard's rows of a batch spread over shards: a reader step per shard, so no byte
+            # arithmetic (6 of its 14.6 us for 784-byte rows).
+            out[positions] = self._views[0][local_rows]
+            return
         chunks, in_chunk = np.divmod(local_rows, self._chunk_rows)
         starts = self._offsets[chunks] + in_chunk * self._sample_nbytes
         out_bytes = out.reshape(len(out), -1).view(np.uint8)
