@@ -227,9 +227,9 @@ def _ordered_ids(partition: Mapping[str, Sequence[str]]) -> list[tuple[str, str]
         if not isinstance(split, str) or not split:
             raise InputError(f"partition: split name {split!r} must be a non-empty string")
         check_name(split, "partition: split name")
-        where = f"partition[{split!r}]"
+        listed_in = f"partition[{split!r}]"
         for sample_id in ids:
-            check_id(sample_id, where)
+            check_id(sample_id, listed_in)
             if sample_id in seen:
                 where = "twice in" if seen[sample_id] == split else f"in both {seen[sample_id]!r} and"
                 raise InputError(f"partition: ID {sample_id!r} is listed {where} split {split!r}")
