@@ -8,6 +8,7 @@ archive (`npz.py`), or an fsspec URL of a folder of `.npy` files (`remote.py`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -117,7 +118,6 @@ def ids_for(src: str | os.PathLike, ids: str | os.PathLike | Sequence[str] | Non
     return ids if str(src).rstrip("/").lower().endswith(".npy") else None
 
 
-@paused_gc()
 def scan_sources(
     src: str | os.PathLike,
     labels: Mapping[str, Label] | None = None,
@@ -153,19 +153,21 @@ def scan_sources(
     samples: list[Sample] = []
     shapes: list[tuple[int, ...]] = []
     first: tuple[str, Found] | None = None
-    for (sample_id, split), found in zip(ordered, finder.find([i for i, _ in ordered])):
-        if isinstance(found, InputError):
-            raise found
-        if first is None:
-            first = (sample_id, found)
-        else:
-            _check_same_kind(first, sample_id, found)
-        shapes.append(found.header.shape)
-        label = None if encoded is None else encoded.values[sample_id]
-        h = found.header
-        weight = None if weights is None else weights[sample_id]
-        samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset, found.stamp,
-                              found.within, weight))  # fmt: skip
+    # Not for a URL: fsspec's asynchronous reads make reference cycles, which the collector must free.
+    with contextlib.nullcontext() if isinstance(finder, RemoteFinder) else paused_gc():
+        for (sample_id, split), found in zip(ordered, finder.find([i for i, _ in ordered])):
+            if isinstance(found, InputError):
+                raise found
+            if first is None:
+                first = (sample_id, found)
+            else:
+                _check_same_kind(first, sample_id, found)
+            shapes.append(found.header.shape)
+            label = None if encoded is None else encoded.values[sample_id]
+            h = found.header
+            weight = None if weights is None else weights[sample_id]
+            samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset,
+                                  found.stamp, found.within, weight))  # fmt: skip
     splits = dict.fromkeys(partition, 0)  # an empty split stays, with 0 samples: nothing dropped in silence
     for s in samples:
         splits[s.split] = splits.get(s.split, 0) + 1
