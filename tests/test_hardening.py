@@ -43,10 +43,11 @@ def test_overwrite_refuses_a_labels_file_inside_out(tmp_path, make_npy_dir, caps
 
 
 def test_a_sample_rewritten_with_another_dtype_after_validation_is_refused(tmp_path, make_npy_dir, backend):
-    src, labels, partition, _ = make_npy_dir(n=6, dtype="int32")
+    # 80 KiB samples: more than the scan keeps (`SMALL_FILE_BYTES`), so the writer reads the file again
+    src, labels, partition, _ = make_npy_dir(n=6, shape=(160, 128), dtype="int32")
 
     def rewrite(sources, layout) -> None:  # between validation and copying, same byte size
-        np.save(src / "id-3.npy", np.zeros((4, 3), dtype=np.float32))
+        np.save(src / "id-3.npy", np.zeros((160, 128), dtype=np.float32))
 
     ids = json.loads(partition.read_text())
     assert any("id-3" in v for v in ids.values())
@@ -54,6 +55,21 @@ def test_a_sample_rewritten_with_another_dtype_after_validation_is_refused(tmp_p
         shardfeed.convert(src, tmp_path / "out", labels=labels, partition=partition, format=backend, on_start=rewrite)
     with pytest.raises(shardfeed.StoreNotFinalizedError):
         shardfeed.open_store(tmp_path / "out")
+
+
+def test_a_small_sample_rewritten_after_validation_is_stored_as_it_was_validated(tmp_path, make_npy_dir, backend):
+    """The scan read these files whole: the writer copies the bytes it validated, and does not read a
+    file rewritten since (with another dtype, here); `verify --source` then names the file that changed."""
+    src, labels, partition, arrays = make_npy_dir(n=6, dtype="int32")
+
+    def rewrite(sources, layout) -> None:
+        np.save(src / "id-3.npy", np.zeros((4, 3), dtype=np.float32))
+
+    shardfeed.convert(src, tmp_path / "out", labels=labels, partition=partition, format=backend, on_start=rewrite)
+    store = shardfeed.open_store(tmp_path / "out")
+    assert store.read(store.rows(["id-3"]))[0].tobytes() == arrays["id-3"].tobytes()
+    assert shardfeed.verify_store(store).ok
+    assert list(shardfeed.verify_store(store, source=src).bad_samples) == ["id-3"]
 
 
 def test_file_url_out_is_the_absolute_path(tmp_path, make_npy_dir, monkeypatch):

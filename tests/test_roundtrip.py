@@ -20,7 +20,10 @@ from hypothesis.extra import numpy as hnp
 
 import shardfeed
 from shardfeed.cli import main
+from shardfeed.inputs import local
+from shardfeed.inputs.scan import scan_sources
 from shardfeed.storage.format import COMPRESSIONS
+from shardfeed.writing.plan import choose_layout, make_tasks
 
 N = 7  # samples per store: small, odd, so chunk and shard boundaries fall mid-way
 
@@ -250,3 +253,25 @@ def test_default_chunks_are_smaller_when_compressed(tmp_path, make_npy_dir, comp
     assert store.manifest.chunk_rows == expected_chunk
     rows = np.random.default_rng(1).permutation(40)
     assert store.read(rows).tobytes() == shardfeed.open_store(tmp_path / "out", fast=False).read(rows).tobytes()
+
+
+@pytest.mark.parametrize(("dtype", "fortran"), [("float32", False), (">i2", True)])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_scan_keeps_small_files_up_to_its_budget_and_the_rest_are_read_again(
+    tmp_path, make_npy_dir, monkeypatch, backend, dtype, fortran, workers
+):
+    """Small files read whole by the scan are copied from memory; once its budget is spent, files are
+    opened again by the writer. Both kinds, in several shards and worker processes, round-trip."""
+    src, labels, partition, arrays = make_npy_dir(n=12, shape=(6, 5), dtype=dtype, fortran=fortran)
+    file_bytes = (src / "id-0.npy").stat().st_size
+    monkeypatch.setattr(local, "KEPT_CONTENT_BYTES", 5 * file_bytes)
+    sources = scan_sources(src, json.loads(labels.read_text()), json.loads(partition.read_text()))
+    assert [s.content is not None for s in sources.samples] == [True] * 5 + [False] * 7
+    assert all(s.content == Path(s.path).read_bytes() for s in sources.samples[:5])
+    tasks = make_tasks(sources, choose_layout(sources, 2, 4 * arrays["id-0"].nbytes, "none"), backend, tmp_path)
+    assert any(ref.content for task in tasks for ref in task.samples)
+    assert not any(ref.content for task in tasks for ref in task.without_contents().samples)
+    shardfeed.convert(src, tmp_path / "out", labels=labels, partition=partition, format=backend, chunk_rows=2,
+                      shard_size=4 * arrays["id-0"].nbytes, workers=workers)  # fmt: skip
+    assert len(shardfeed.open_store(tmp_path / "out").manifest.shards) == 3
+    assert_roundtrip(tmp_path / "out", src, labels, partition)

@@ -100,7 +100,7 @@ def test_a_stopped_writer_leaves_no_temporary_file(tmp_path):
 
 
 def test_a_sample_file_that_grew_after_validation_is_refused(tmp_path, make_npy_dir, backend):
-    src, labels, _, _ = make_npy_dir(n=6)
+    src, labels, _, _ = make_npy_dir(n=6, shape=(160, 128))  # too big for the scan to keep: read again
 
     def grow(sources, layout) -> None:  # between validation and copying
         with open(src / "id-4.npy", "ab") as f:

@@ -4,7 +4,7 @@ class (`classfolders.py`), one stacked `.npy` (`stacked.py`), one `.npz` (`npz.p
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -26,12 +26,14 @@ class Within:
 @dataclass(frozen=True)
 class Found:
     """A sample as a finder saw it: its file, its checked header (the sample's shape, the file's
-    dtype, order and data offset), its stamp, and where in the file it is when the file holds several."""
+    dtype, order and data offset), its stamp, where in the file it is when the file holds several, and
+    the file's bytes when the finder read a small file whole (`content`)."""
 
     path: Path | str
     header: NpyHeader
     stamp: tuple
     within: Within | None = None
+    content: bytes | None = field(default=None, repr=False)
 
 
 class SampleFinder(Protocol):

@@ -12,6 +12,11 @@ from .finder import Found
 from .ids import check_id
 from .npy import read_npy_header_and_stat
 
+# Files this small are read whole by the scan and copied from memory by the writer, up to a budget: for
+# 100,000 files of 784 bytes, a second open, read and close of each cost ~2 s of a 9 s conversion.
+SMALL_FILE_BYTES = 64 * 2**10
+KEPT_CONTENT_BYTES = 128 * 2**20
+
 
 def resolve_sample_path(
     src_root: Path, sample_id: str, folder: str | Path | None = None, listed_files: Container[str] = ()
@@ -62,6 +67,7 @@ class LocalFinder:
         self._inodes: dict[tuple[int, int], str] = {}
         self._listed_files: set[str] = set()  # regular files by their directory entries' types
         self._root_name = str(self.root)  # os.path.join converts a Path on every call
+        self._content_budget = KEPT_CONTENT_BYTES
 
     def npy_names(self) -> list[str]:
         with os.scandir(self.root) as entries:
@@ -73,7 +79,8 @@ class LocalFinder:
         for sample_id in ids:
             try:
                 path = resolve_sample_path(self.root, sample_id, self._folder_of(sample_id), self._listed_files)
-                header, info = read_npy_header_and_stat(path, sample_id)  # the file as opened
+                whole_up_to = min(SMALL_FILE_BYTES, self._content_budget)
+                header, info, content = read_npy_header_and_stat(path, sample_id, whole_up_to)  # as opened
             except InputError as exc:
                 yield exc
                 continue
@@ -81,7 +88,9 @@ class LocalFinder:
             if self._inodes.setdefault(inode, sample_id) != sample_id:
                 yield InputError(f"{path}: samples {self._inodes[inode]!r} and {sample_id!r} are the same file")
                 continue
-            yield Found(path, header, (info.st_size, info.st_mtime_ns))
+            if content is not None:
+                self._content_budget -= len(content)
+            yield Found(path, header, (info.st_size, info.st_mtime_ns), content=content)
 
     def _folder_of(self, sample_id: str) -> str | Path:
         """The folder holding `<id>.npy`: SRC itself here, the sample's class folder in `ClassFolderFinder`."""

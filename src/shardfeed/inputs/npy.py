@@ -51,13 +51,17 @@ def read_npy_header(path: Path, sample_id: str | None) -> NpyHeader:
     return read_npy_header_and_stat(path, sample_id)[0]
 
 
-def read_npy_header_and_stat(path: Path, sample_id: str | None) -> tuple[NpyHeader, os.stat_result]:
-    """`read_npy_header`, and the file's status as it was opened (its size, mtime and inode): a scan of
-    many small files pays one open, one fstat and usually one read for each."""
+def read_npy_header_and_stat(
+    path: Path, sample_id: str | None, whole_up_to: int = 0
+) -> tuple[NpyHeader, os.stat_result, bytes | None]:
+    """`read_npy_header`, the file's status as it was opened (its size, mtime and inode), and the whole
+    file when it holds at most `whole_up_to` bytes (else None): a scan of many small files pays one
+    open, one fstat and usually one read for each, and the writer need not open them again."""
     where = str(path) if sample_id is None else f"{path}: sample {sample_id!r}"
     fd, info = _open_regular_fd(path, where)
+    whole = info.st_size <= whole_up_to
     try:
-        head = os.pread(fd, FIRST_READ_BYTES, 0)
+        head = os.pread(fd, info.st_size + 1 if whole else FIRST_READ_BYTES, 0)  # + 1: did it grow?
         end = npy_header_end(head)
         if end is not None and len(head) < end <= MAX_HEADER_BYTES + 12:
             head += os.pread(fd, end - len(head), len(head))
@@ -65,7 +69,8 @@ def read_npy_header_and_stat(path: Path, sample_id: str | None) -> tuple[NpyHead
         raise InputError(f"{where}: cannot read: {exc.strerror}") from exc
     finally:
         os.close(fd)
-    return parse_npy_header(io.BytesIO(head), where, info.st_size), info
+    header = parse_npy_header(io.BytesIO(head), where, info.st_size)
+    return header, info, head if whole and len(head) == info.st_size else None  # a file changing: read later
 
 
 def open_regular(path: Path, where: str) -> BinaryIO:

@@ -15,7 +15,7 @@ import io
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +43,12 @@ class SampleRef:
     data_offset: int
     fortran_order: bool
     within: Within | None = None  # an `.npz` member or a row of a stacked `.npy`; None: the whole file
+    content: bytes | None = field(default=None, repr=False, compare=False)  # the file, as the scan read it
+
+    def without_content(self) -> SampleRef:
+        """This sample, read from its file when needed (for a task sent elsewhere, which a copy of the
+        bytes would make as big as the data)."""
+        return self if self.content is None else replace(self, content=None)
 
     @property
     def is_row(self) -> bool:
@@ -72,6 +78,10 @@ def _read_run(refs: Sequence[SampleRef], dest: np.ndarray, source_dtype: np.dtyp
     could never fault.
     """
     ref = refs[0]
+    if ref.content is not None:  # validated by the scan from these very bytes: nothing can have changed
+        data = np.frombuffer(ref.content, dtype=source_dtype, count=dest[0, ...].size, offset=ref.data_offset)
+        _store(data, dest[0, ...], ref.fortran_order)
+        return
     try:
         if ref.within is None:  # a file of its own
             _read_file(ref, dest[0, ...], source_dtype)  # [0, ...]: a view even for 0-d samples

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ class Sample:
     stamp: tuple  # size and modification time (or ETag): a resume refuses inputs that changed
     within: Within | None = None  # for a file holding several samples: which one
     weight: float | None = None  # its sample weight, when the store has weights
+    content: bytes | None = field(default=None, repr=False, compare=False)  # a small file, as validated
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def scan_sources(
             h = found.header
             weight = None if weights is None else weights[sample_id]
             samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset,
-                                  found.stamp, found.within, weight))  # fmt: skip
+                                  found.stamp, found.within, weight, found.content))  # fmt: skip
     splits = dict.fromkeys(partition, 0)  # an empty split stays, with 0 samples: nothing dropped in silence
     for s in samples:
         splits[s.split] = splits.get(s.split, 0) + 1

@@ -54,7 +54,7 @@ def run_on_dask(tasks: list[ShardTask], progress: Callable[[int], None] | None, 
 
 
 def _submit(distributed, client, tasks, progress) -> Iterator[ShardRecord]:
-    futures = [client.submit(write_shard, task, pure=False) for task in tasks]
+    futures = [client.submit(write_shard, task.without_contents(), pure=False) for task in tasks]
     try:
         for future in distributed.as_completed(futures):
             record = future.result()

@@ -126,7 +126,8 @@ def make_tasks(
 ) -> list[ShardTask]:
     """One task per shard of `sources`' samples, in cells `first_shard` onwards (an append's are after
     the store's last shard)."""
-    refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order, s.within) for s in sources.samples]
+    refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order, s.within, s.content)
+            for s in sources.samples]  # fmt: skip
     return [
         ShardTask(format, str(root), layout, first_shard + k, sources.dtype.str,
                   tuple(refs[first : first + layout.shard_rows]), storage_options,

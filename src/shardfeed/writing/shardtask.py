@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import errno
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,11 @@ class ShardTask:
     samples: tuple[SampleRef, ...]
     storage_options: dict | None = None  # for a root or samples at fsspec URLs
     shapes: tuple[tuple[int, ...], ...] | None = None  # each sample's, when shapes vary (`storage.ragged`)
+
+    def without_contents(self) -> ShardTask:
+        """This task reading every sample from its file: for a Dask cluster, whose task graph would
+        otherwise carry the bytes of the small files that the scan read."""
+        return replace(self, samples=tuple(ref.without_content() for ref in self.samples))
 
 
 @dataclass(frozen=True)
