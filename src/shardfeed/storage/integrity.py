@@ -177,21 +177,22 @@ def _compare_with_source(store: Store, finder: SampleFinder, start: int, stop: i
     """Byte-compare rows [start, stop) with their source files (converted to the stored dtype)."""
     source_dtype = np.dtype(store.manifest.source.get("dtype", store.dtype))
     readable: list[tuple[int, SampleRef]] = []
+    shapes = store.shapes  # a property that builds its array: once, not twice per row
     for row, found in zip(range(start, stop), finder.find(store.ids[start:stop])):
         sample_id = store.ids[row]
         if isinstance(found, InputError):
             report.bad_samples.setdefault(sample_id, f"source unreadable: {found}")
-        elif (found.header.shape, found.header.dtype) != (shape := tuple(store.shapes[row].tolist()), source_dtype):
+        elif (found.header.shape, found.header.dtype) != (shape := tuple(shapes[row].tolist()), source_dtype):
             report.bad_samples.setdefault(
                 sample_id, f"source {found.path} holds shape {found.header.shape} dtype {found.header.dtype.str}, "
                 f"the store was made from shape {shape} dtype {source_dtype.str}",
             )  # fmt: skip
         else:
             readable.append((row, SampleRef(sample_id, str(found.path), found.header.data_offset,
-                                            found.header.fortran_order, found.within)))  # fmt: skip
+                                            found.header.fortran_order, found.within, found.content)))  # fmt: skip
     for first in range(0, len(readable), SOURCE_BATCH):
         batch = readable[first : first + SOURCE_BATCH]
-        for _, same_shape in itertools.groupby(batch, key=lambda item: store.shapes[item[0]].tobytes()):
+        for _, same_shape in itertools.groupby(batch, key=lambda item: shapes[item[0]].tobytes()):
             _compare_batch(store, list(same_shape), source_dtype, report)
 
 
