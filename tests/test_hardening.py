@@ -477,3 +477,17 @@ def test_a_script_that_converts_at_its_top_level_with_workers_gets_the_main_guar
     assert 'under `if __name__ == "__main__":`' in done.stdout and "called again while a worker" in done.stdout
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in src.iterdir()) == [f"s{k}.npy" for k in range(8)]  # the worker converted nothing
+
+
+def test_a_script_read_from_standard_input_that_converts_with_workers_is_told_why_they_cannot_start(tmp_path):
+    """spawn runs the main script again in each worker; `python -` has no file to run, and the workers
+    used to die at start, reported as killed by the OOM killer."""
+    src = tmp_path / "src"
+    src.mkdir()
+    done = subprocess.run([sys.executable, "-", str(src), str(tmp_path / "out")], input=CONVERTS_AT_TOP_LEVEL,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "it is not a file (<stdin>: read from standard input?)" in done.stdout
+    assert "workers=1" in done.stdout and "Traceback" not in done.stderr
+    with pytest.raises(shardfeed.StoreNotFinalizedError):
+        shardfeed.open_store(tmp_path / "out")

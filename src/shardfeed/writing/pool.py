@@ -13,6 +13,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -50,6 +51,7 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback |
         for task in tasks:
             yield write_shard(task, counter)
         return
+    _refuse_unrunnable_main(workers)
     # spawn: h5py must not inherit a parent's open handles or HDF5 state (RELIABILITY.md).
     context = multiprocessing.get_context("spawn")
     with _starting_workers():  # this starts multiprocessing's resource tracker process
@@ -85,6 +87,17 @@ def run_tasks(tasks: list[ShardTask], workers: int, progress: ProgressCallback |
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
             raise
+
+
+def _refuse_unrunnable_main(workers: int) -> None:
+    """Spawned workers run the main script again, from its file: a script read from standard input
+    (`python - <<EOF`) has none, and every worker would die before it starts, reported as killed."""
+    main = sys.modules["__main__"]
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is None and path is not None and not os.path.isfile(path):
+        raise OptionError(f"convert(workers={workers}) starts worker processes, which run the main script "
+                          f"again, and it is not a file ({path}: read from standard input?); save the script "
+                          f"to a file, or convert with workers=1")  # fmt: skip
 
 
 class _CallbackCounter:
