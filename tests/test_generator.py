@@ -68,6 +68,17 @@ def test_every_sample_once_per_epoch_and_new_order_each_epoch(row_store):
     assert [epoch_rows(again) for _ in range(3)] == epochs
 
 
+def test_a_hand_loop_in_the_tutorials_style_reshuffles_at_each_on_epoch_end(row_store):
+    gen = DataGenerator(row_store, split="train", batch_size=5, seed=3)
+    epochs = []
+    for _ in range(3):
+        epochs.append([rows_of(gen[i][0]) for i in range(len(gen))])
+        gen.on_epoch_end()
+    assert all(sorted(r for b in batches for r in b) == list(range(38)) for batches in epochs)
+    again = DataGenerator(row_store, split="train", batch_size=5, seed=3)
+    assert [epoch_rows(again) for _ in range(3)] == epochs  # the epochs `fit` would get
+
+
 def test_drop_remainder_gives_floor_batches(row_store):
     gen = DataGenerator(row_store, split="train", batch_size=5, drop_remainder=True, seed=0)
     assert len(gen) == 38 // 5

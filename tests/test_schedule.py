@@ -87,3 +87,22 @@ def test_out_of_range_indices_are_refused():
         cursor.locate(N - 2)
     with pytest.raises(IndexError):
         cursor.locate(-1)
+
+
+def test_a_hand_loop_without_begin_moves_on_at_each_end():
+    """The tutorial's loop: every index, then `on_epoch_end()` alone."""
+    cursor = EpochCursor(N)
+    for e in range(3):
+        assert [cursor.locate(i)[:2] for i in range(N)] == whole(e)
+        cursor.end()
+    assert [cursor.locate(i)[:2] for i in range(N - 1)] == whole(3)[:-1]
+    cursor.end()  # not every index: the epoch stays
+    assert cursor.epoch == 3
+
+
+@pytest.mark.parametrize("num_batches", [1, 2, 3])
+def test_tensorflows_peeks_are_not_a_hand_loops_epoch_even_when_they_cover_it(num_batches):
+    cursor = EpochCursor(num_batches)
+    [cursor.locate(i) for i in range(min(num_batches, 2))]  # the tensor spec
+    cursor.end()
+    assert epoch(cursor, range(num_batches)) == [(0, b) for b in range(num_batches)]

@@ -20,13 +20,20 @@ what was served of it, so the next epoch goes on where it stopped, even for a ba
 read ahead between two of Keras' epochs. Before any batch of the epoch is served outside a
 `begin` (TensorFlow's peeks, `gen[i]` by hand), index i is simply batch `start + i`.
 
-One case no rule can tell apart: with one batch per epoch, JAX's and PyTorch's build pass looks
-exactly like an epoch, and counts as one.
+A hand loop in the tutorial's style (`gen[i]` for every i, then `on_epoch_end()`, no `begin`) ends
+its epoch too: an `end` outside any epoch after every index was asked for moves on, unless it could
+be TensorFlow's peeks at batches 0 and 1.
+
+Cases no rule can tell apart: with one batch per epoch, JAX's and PyTorch's build pass looks
+exactly like an epoch, and counts as one; with one or two, a hand loop's epoch looks like
+TensorFlow's peeks, and does not.
 """
 
 from __future__ import annotations
 
 import threading
+
+TF_PEEKS = 2  # TensorFlow asks for batches 0 and 1 outside any epoch, then ends one
 
 
 class EpochCursor:
@@ -50,6 +57,7 @@ class EpochCursor:
                 epoch, start = epoch + 1, 0
             self.epoch, self.start = epoch, start
             self._served: dict[int, int] = {}  # index asked for -> batch of the epoch
+            self._peeked: set[int] = set()  # indices asked for outside an epoch, since the last `end`
             self._in_epoch = False
 
     @property
@@ -70,8 +78,9 @@ class EpochCursor:
     def end(self) -> None:
         """The trainer's epoch ended; the generator's epoch ends with it only if it was served whole."""
         with self._lock:
-            self._in_epoch = False
-            if len(self._served) == self.remaining:
+            by_hand = not self._in_epoch and not self._served and len(self._peeked) == self.remaining > TF_PEEKS
+            self._in_epoch, self._peeked = False, set()
+            if by_hand or len(self._served) == self.remaining:
                 self.epoch, self.start, self._served = self.epoch + 1, 0, {}
 
     def locate(self, index: int) -> tuple[int, int, bool]:
@@ -81,6 +90,7 @@ class EpochCursor:
             raise IndexError(f"batch {index} out of range [0, {self.remaining})")
         with self._lock:
             if not self._in_epoch and not self._served:
+                self._peeked.add(index)
                 return self.epoch, self.start + index, False
             batch = self._served.get(index)
             if batch is not None:
