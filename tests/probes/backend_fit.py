@@ -3,6 +3,8 @@ tapping the rows of every batch the model trains on (run_eagerly=True).
 
     KERAS_BACKEND=jax python backend_fit.py STORE MODE EPOCHS SHUFFLE [BACKUP_DIR [STOP_EPOCH STOP_BATCH]]
 
+SHARDFEED_PROBE_STEPS in the environment sets fit's steps_per_epoch.
+
 MODE: inprocess | threads | processes; SHUFFLE: fit's shuffle, 1 or 0. With BACKUP_DIR, a
 ResumeCallback saves the position after every batch; STOP_EPOCH/STOP_BATCH end the run (as a
 crash would) after that batch.
@@ -71,7 +73,8 @@ def main():
     if backup:  # first, so that it saves the batch the crash stops at
         callbacks.insert(0, shardfeed.ResumeCallback(backup, gen, save_freq=1))
     with contextlib.suppress(KeyboardInterrupt):  # the simulated crash
-        model.fit(gen, validation_data=val, epochs=epochs, shuffle=shuffle, verbose=0, callbacks=callbacks)
+        model.fit(gen, validation_data=val, epochs=epochs, shuffle=shuffle, verbose=0, callbacks=callbacks,
+                  steps_per_epoch=int(os.environ.get("SHARDFEED_PROBE_STEPS", 0)) or None)
     gen.close()
     print(json.dumps({"backend": keras.backend.backend(), "epochs": SEEN}))
 
