@@ -207,7 +207,7 @@ class ResumeCallback(keras.callbacks.BackupAndRestore):
     trained on: Keras' epoch number is another count once a `fit` is not the first, or takes
     `steps_per_epoch` batches of a longer generator. With `steps_per_epoch`, Keras replays the
     interrupted epoch's full count of steps; the generator still goes on from its next batch, so
-    the resumed fit trains on up to `steps_per_epoch - 1` more batches than an uninterrupted one.
+    the resumed fit trains on up to `steps_per_epoch` more batches than an uninterrupted one.
     """
 
     def __init__(self, backup_dir: str | os.PathLike, generator: DataGenerator, **kwargs) -> None:
