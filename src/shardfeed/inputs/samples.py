@@ -1,7 +1,8 @@
 """Reading sample data from validated inputs into a caller's rows: local files, `.npz` members, rows
 of a stacked `.npy`, or fetched URLs.
 
-What was validated is what is copied: before any data is copied the header is read again from the
+What was validated is what is copied: a small file the scan read whole is copied from those bytes
+(`SampleRef.content`); otherwise, before any data is copied the header is read again from the
 open file (or archive member) and must promise what the scan validated, and a file whose size
 changed since is refused, naming the sample ID. Consecutive rows of one stacked `.npy` are read in
 one call; a Fortran-ordered stack keeps each value's rows together, so a run of rows is read one
