@@ -69,11 +69,11 @@ def read_npy_header_and_stat(
         raise InputError(f"{where}: cannot read: {exc.strerror}") from exc
     finally:
         os.close(fd)
-    known = _checked_headers.get(head[:end]) if end is not None else None
-    if known is not None and known[1] == info.st_size - known[0].data_offset:
-        header = known[0]  # these header bytes passed before, and the size matches: nothing to parse
+    known = _checked_headers.get(head[:end]) if end is not None else None  # these bytes passed before
+    if known is not None:
+        header = _size_checked(known, where, info.st_size)
     else:
-        header = parse_npy_header(io.BytesIO(head), where, info.st_size)  # which names what is wrong
+        header = parse_npy_header(io.BytesIO(head), where, info.st_size)
     return header, info, head if whole and len(head) == info.st_size else None  # a file changing: read later
 
 
@@ -113,6 +113,11 @@ def parse_npy_header(f: BinaryIO, where: str, file_size: int) -> NpyHeader:
         checked = _checked_header(where, shape, fortran, dtype, len(head))
         if len(_checked_headers) < HEADER_CACHE_SIZE:
             _checked_headers[head] = checked
+    return _size_checked(checked, where, file_size)
+
+
+def _size_checked(checked: tuple[NpyHeader, int], where: str, file_size: int) -> NpyHeader:
+    """A checked header, if the file holds exactly the data bytes it promises."""
     header, expected = checked
     actual = file_size - header.data_offset
     if expected != actual:
