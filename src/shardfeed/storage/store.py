@@ -87,6 +87,7 @@ class Store:
             raise ChecksumError(f"{self.path}: {MANIFEST_NAME} does not match its content checksum "
                                 f"(edited after conversion?); run 'shardfeed verify {self.path}'")  # fmt: skip
         self._shard_starts = self.manifest.shard_starts
+        self._shard_start_list = self._shard_starts.tolist()  # for `bisect`: 0.2 us a look-up, numpy's 5
         self._large_rows = self.manifest.sample_nbytes >= ROW_COPY_MIN_BYTES  # copied one by one
         self._batch_residue: int | None = None  # a property of the files: kept across pickling
         self._readers: dict[int, ShardReader] = {}
@@ -321,10 +322,12 @@ class Store:
         if lowest < 0 or highest >= len(self):
             bad = lowest if lowest < 0 else highest
             raise IndexError(f"{self.path}: row {bad} out of range for {len(self)} samples")
-        first, last = (np.searchsorted(self._shard_starts, [lowest, highest], side="right") - 1).tolist()
+        first = bisect.bisect_right(self._shard_start_list, lowest) - 1
+        last = bisect.bisect_right(self._shard_start_list, highest) - 1
         if out is None:  # placed for the shard read first: a store missing another shard still reads
             out = aligned_empty(expected, self.dtype, self._learn_residue(self._reader(first)))
-        if first == last and self._reader(first).gather(rows - self._shard_starts[first], out):
+        local = rows if first == 0 else rows - self._shard_start_list[first]  # (one subtraction less a batch)
+        if first == last and self._reader(first).gather(local, out):
             pass  # one shard of raw chunks: rows copied in the caller's order, nothing sorted
         elif first == last or not self._large_rows or not self._copy_each_row(rows, out):
             self._read_sorted(rows, out, first, last)
