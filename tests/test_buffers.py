@@ -37,12 +37,24 @@ def test_a_view_keeps_its_buffer_from_reuse():
     assert pool.take(SHAPE, np.float32).ctypes.data != reshaped.ctypes.data
 
 
-def test_pool_is_bounded_and_small_arrays_are_not_pooled():
+def test_pool_is_bounded_and_small_unplaced_arrays_are_not_pooled():
     pool = BufferPool()
     held = [pool.take(SHAPE, np.float32) for _ in range(MAX_BUFFERS + 5)]
     assert len(pool._buffers) == MAX_BUFFERS and len({h.ctypes.data for h in held}) == len(held)
     small = pool.take((4, 4), np.float32)
-    assert not any(b is small for _, b in pool._buffers)
+    assert not any(b is small for _, b, _ in pool._buffers)
+
+
+def test_small_placed_arrays_are_reused_at_their_residue():
+    pool = BufferPool()
+    placed = pool.take((4, 4), np.float32, residue=64)
+    address = placed.ctypes.data
+    assert address % 4096 == 64
+    other = pool.take((4, 4), np.float32, residue=192)
+    assert other.ctypes.data % 4096 == 192 and other.ctypes.data != address
+    del placed
+    assert pool.take((4, 4), np.float32, residue=192).ctypes.data != other.ctypes.data  # held: not reused
+    assert pool.take((4, 4), np.float32, residue=64).ctypes.data == address
 
 
 def test_buffers_are_aligned_and_contiguous():

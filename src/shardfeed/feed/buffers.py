@@ -23,13 +23,13 @@ import threading
 
 import numpy as np
 
-from ..storage.alignment import ALIAS_PERIOD, ALIGNMENT, DEFAULT_RESIDUE, aligned_empty
+from ..storage.alignment import ALIGNMENT, DEFAULT_RESIDUE, aligned_empty
 
 __all__ = ["ALIGNMENT", "BufferPool", "aligned_empty"]
 
 MAX_BUFFERS = 16
 MAX_POOLED_BYTES = 256 * 2**20
-MIN_POOLED_BYTES = 256 * 2**10  # below this, malloc reuses memory by itself
+MIN_POOLED_BYTES = 256 * 2**10  # below this, malloc reuses memory by itself (arrays placed anywhere)
 
 # References seen from `take` to a free buffer: the pool's pair, the loop variable, getrefcount's
 # argument; its memory's owner also has the buffer's `base`.
@@ -40,7 +40,9 @@ class BufferPool:
     """Placed arrays handed out again once their users have dropped them. Thread-safe."""
 
     def __init__(self) -> None:
-        self._buffers: list[tuple[np.ndarray, np.ndarray]] = []  # (memory owner, array)
+        # (memory owner, array, residue): the residue kept, since asking an array its address
+        # (`.ctypes.data`) costs 3 us, more than the rest of a `take`
+        self._buffers: list[tuple[np.ndarray, np.ndarray, int]] = []
         self._lock = threading.Lock()
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype, residue: int | None = None) -> np.ndarray:
@@ -48,22 +50,23 @@ class BufferPool:
         a free pooled one when there is one; `residue` None: anywhere (nothing is copied in by rows)."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < MIN_POOLED_BYTES:  # cheap to fault in, and to copy where TensorFlow must
-            return np.empty(shape, dtype) if residue is None else aligned_empty(shape, dtype, residue)
+        if residue is None and nbytes < MIN_POOLED_BYTES:  # cheap to fault in, and to copy where TensorFlow must
+            return np.empty(shape, dtype)  # (placing one costs its address: pooled, whatever its size)
         with self._lock:
-            for owner, array in self._buffers:
+            for owner, array, placed in self._buffers:
                 if (
                     array.shape == shape
                     and array.dtype == dtype
+                    and (residue is None or placed == residue)
                     and sys.getrefcount(array) == _FREE_ARRAY_REFS
                     and sys.getrefcount(owner) == _FREE_OWNER_REFS
-                    and (residue is None or array.ctypes.data % ALIAS_PERIOD == residue)  # last: `ctypes` is slow
                 ):
                     return array
-            fresh = aligned_empty(shape, dtype, DEFAULT_RESIDUE if residue is None else residue)
-            pooled = sum(a.nbytes for _, a in self._buffers)
+            placed = DEFAULT_RESIDUE if residue is None else residue
+            fresh = aligned_empty(shape, dtype, placed)
+            pooled = sum(a.nbytes for _, a, _ in self._buffers)
             if len(self._buffers) < MAX_BUFFERS and pooled + nbytes <= MAX_POOLED_BYTES:
-                self._buffers.append((fresh.base, fresh))
+                self._buffers.append((fresh.base, fresh, placed))
             return fresh
 
     def __reduce__(self):
