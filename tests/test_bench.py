@@ -18,6 +18,7 @@ from shardfeed.bench.harness import (
     MmapLimit,
     Result,
     format_table,
+    measure_readers,
     write_limit_npy,
 )
 from shardfeed.cli import main
@@ -114,6 +115,44 @@ def test_cpu_monitor_reports_shares_between_zero_and_one():
         sum(i * i for i in range(200_000))
     assert cpu.own_s is not None and cpu.own_s >= 0
     assert 0.0 <= cpu.other <= 1.0
+
+
+class _LoggingReader:
+    """A reader of 4 one-sample batches that logs which reader made each batch, and its closing."""
+
+    num_batches = 4
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def batch(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        self.log.append(self.name)
+        return (np.zeros((1, 2)),)
+
+    def close(self) -> None:
+        self.log.append(f"{self.name} closed")
+
+
+def test_warm_readers_take_turns_within_every_round_and_are_all_closed():
+    log: list[str] = []
+    readers = [(name, lambda name=name: _LoggingReader(name, log)) for name in ("a", "b")]
+    results = measure_readers(readers, 16, seconds=0.06)
+    assert [r.name for r in results] == ["a", "b"] and all(len(r.rounds) == 3 for r in results)
+    turns = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+    assert turns == ["a", "b"] * 4 + ["b closed", "a closed"]  # warm-up, then 3 rounds
+
+
+def test_cpu_monitor_sums_its_spans():
+    if not CpuMonitor.available:
+        pytest.skip("no /proc/stat")
+    cpu = CpuMonitor()
+    for _ in range(3):
+        with cpu:
+            sum(i * i for i in range(1_000_000))
+    once = CpuMonitor()
+    with once:
+        sum(i * i for i in range(1_000_000))
+    assert cpu.own_s > once.own_s and 0.0 <= cpu.other <= 1.0
 
 
 def test_format_table_marks_noisy_rows_and_markdown_has_one_row_per_result():
