@@ -31,7 +31,7 @@ MAX_BUFFERS = 16
 MAX_POOLED_BYTES = 256 * 2**20
 MIN_POOLED_BYTES = 256 * 2**10  # below this, malloc reuses memory by itself (arrays placed anywhere)
 
-# References seen from `take` to a free buffer: the pool's pair, the loop variable, getrefcount's
+# References seen from `take` to a free buffer: the pool's entry, the loop variable, getrefcount's
 # argument; its memory's owner also has the buffer's `base`.
 _FREE_ARRAY_REFS, _FREE_OWNER_REFS = 3, 4
 
