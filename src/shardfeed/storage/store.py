@@ -326,8 +326,7 @@ class Store:
         last = bisect.bisect_right(self._shard_start_list, highest) - 1
         if out is None:  # placed for the shard read first: a store missing another shard still reads
             out = aligned_empty(expected, self.dtype, self._learn_residue(self._reader(first)))
-        local = rows if first == 0 else rows - self._shard_start_list[first]  # (one subtraction less a batch)
-        if first == last and self._reader(first).gather(local, out):
+        if first == last and self._reader(first).gather(rows - self._shard_start_list[first] if first else rows, out):
             pass  # one shard of raw chunks: rows copied in the caller's order, nothing sorted
         elif first == last or not self._large_rows or not self._copy_each_row(rows, out):
             self._read_sorted(rows, out, first, last)
