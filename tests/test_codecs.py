@@ -97,3 +97,23 @@ def test_compressed_rows_across_shards_any_order_with_repeats(tmp_path, make_npy
     rows = np.random.default_rng(2).integers(0, 40, 90)
     got = store.read(rows)
     assert all(got[i].tobytes() == arrays[store.ids[r]].tobytes() for i, r in enumerate(rows.tolist()))
+
+
+def test_a_store_written_at_the_earlier_zstd_level_reads_and_verifies(tmp_path, make_npy_dir, monkeypatch):
+    """Stores converted before the level went from 3 to 1 hold other bytes, which decode the same."""
+    from shardfeed.storage.backends import zarr_shards
+
+    src, _, _, arrays = make_npy_dir(n=12, shape=(32, 32), num_classes=None)
+    for sample in arrays.values():
+        sample[...] = np.round(sample * 4) / 4  # data that compresses, where levels make other frames
+    for sample_id, sample in arrays.items():
+        np.save(src / f"{sample_id}.npy", sample)
+    shardfeed.convert(src, tmp_path / "now", format="zarr", compression="zstd")
+    monkeypatch.setattr(zarr_shards, "ZSTD_LEVEL", 3)
+    shardfeed.convert(src, tmp_path / "before", format="zarr", compression="zstd")
+    now, before = shardfeed.open_store(tmp_path / "now"), shardfeed.open_store(tmp_path / "before")
+    shard = before.manifest.shards[0].path
+    assert (before.path / shard).read_bytes() != (now.path / shard).read_bytes()
+    rows = before.read(np.arange(len(before)))
+    assert all(rows[i].tobytes() == arrays[sample_id].tobytes() for i, sample_id in enumerate(before.ids))
+    assert shardfeed.verify_store(before, src).ok

@@ -25,7 +25,10 @@ from .shardfile import LocalShardFile, RemoteShardObject, ShardSink
 
 ARRAY = "x"
 MISSING = 2**64 - 1
-ZSTD_LEVEL = 3
+# Level 1, not zstd's default 3: on the demo data (floats on a grid of 1/32) it compresses as well (35.2 %
+# against 35.1 % of the raw bytes) and converts 1.5x as fast (2,048 samples of 128 KiB, one worker:
+# 779-835 against 533-561 samples/s); a store written at another level reads the same.
+ZSTD_LEVEL = 1
 GZIP_LEVEL = 5
 BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 
