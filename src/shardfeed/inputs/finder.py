@@ -4,9 +4,9 @@ class (`classfolders.py`), one stacked `.npy` (`stacked.py`), one `.npz` (`npz.p
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..errors import InputError
 from .npy import NpyHeader
@@ -23,17 +23,17 @@ class Within:
     length: int = 0
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """A sample as a finder saw it: its file, its checked header (the sample's shape, the file's
     dtype, order and data offset), its stamp, where in the file it is when the file holds several, and
-    the file's bytes when the finder read a small file whole (`content`)."""
+    the file's bytes when the finder read a small file whole (`content`). A named tuple: one is made
+    per file (see `scan.Sample`)."""
 
     path: Path | str
     header: NpyHeader
     stamp: tuple
     within: Within | None = None
-    content: bytes | None = field(default=None, repr=False)
+    content: bytes | None = None
 
 
 class SampleFinder(Protocol):
