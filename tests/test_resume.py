@@ -184,6 +184,20 @@ def test_resume_refuses_another_format(inputs, tmp_path):
         convert_api(inputs, out, options("hdf5"), resume=True)
 
 
+def test_resume_of_a_conversion_an_earlier_version_started_is_refused_in_one_line(inputs, tmp_path):
+    """Its plan's input digests were CRCs of JSON: none would match, and naming a sample would mislead."""
+    out = tmp_path / "out"
+    interrupted(inputs, out, "zarr")
+    plan_path = out / WORK_DIR / "plan.json"
+    plan = json.loads(plan_path.read_text())
+    del plan["digests_of"]
+    plan_path.write_text(json.dumps(plan))
+    with pytest.raises(shardfeed.OptionError) as refused:
+        convert_api(inputs, out, options("zarr"), resume=True)
+    assert str(refused.value) == (f"{out}: cannot resume, the inputs or options differ (the conversion was started "
+                                  f"by an earlier version of shardfeed; convert again with --overwrite)")  # fmt: skip
+
+
 def test_resume_of_a_complete_store_is_refused(reference, inputs):
     backend, ref = reference
     with pytest.raises(shardfeed.StoreExistsError, match=r"store is already complete"):

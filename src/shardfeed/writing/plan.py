@@ -17,7 +17,7 @@ from ..inputs.samples import SampleRef
 from ..inputs.scan import SourceSet
 from ..storage.backends import Layout
 from .shardtask import ShardTask
-from .workdir import input_digests
+from .workdir import DIGESTS_OF, input_digests
 
 CHUNK_TARGET_BYTES = 256 * 1024
 # A random read decodes a whole compressed chunk for the rows it wants: smaller chunks waste less.
@@ -105,6 +105,7 @@ def plan_record(sources: SourceSet, layout: Layout, format: str, targets: str | 
         "compression": layout.compression,
         "class_names": sources.class_names,
         "input_digests": input_digests(inputs),
+        "digests_of": DIGESTS_OF,
         **({} if targets is None else {"targets": targets}),
     }
 
