@@ -275,3 +275,32 @@ def test_the_scan_keeps_small_files_up_to_its_budget_and_the_rest_are_read_again
                       shard_size=4 * arrays["id-0"].nbytes, workers=workers)  # fmt: skip
     assert len(shardfeed.open_store(tmp_path / "out").manifest.shards) == 3
     assert_roundtrip(tmp_path / "out", src, labels, partition)
+
+
+def _save_with_padded_header(path: Path, array: np.ndarray, header_bytes: int) -> None:
+    """An `.npy` whose header is padded with spaces to `header_bytes` (valid; NumPy reads it)."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                 "shape": array.shape}).encode()  # fmt: skip
+    text += b" " * (header_bytes - 10 - len(text) - 1) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + array.tobytes())
+
+
+@pytest.mark.parametrize("mix", ["same-padded-header", "headers-of-two-sizes", "some-fortran"])
+def test_small_files_of_one_shard_copied_in_bulk_or_one_by_one_round_trip(tmp_path, backend, mix):
+    """Small files read whole are copied into a block together when their headers are one size and
+    their data C order; a shard mixing header sizes or orders is copied file by file. Both exact."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    for k in range(9):
+        array = rng.integers(-1000, 1000, size=(3, 4), dtype="int32")
+        if mix == "same-padded-header" or (mix == "headers-of-two-sizes" and k % 2):
+            _save_with_padded_header(src / f"s{k}.npy", array, 256)
+        else:
+            np.save(src / f"s{k}.npy", np.asfortranarray(array) if mix == "some-fortran" and k % 3 == 0 else array)
+    offsets = {(src / f"s{k}.npy").stat().st_size - 48 for k in range(9)}
+    assert (256 in offsets, len(offsets)) == ({"same-padded-header": (True, 1), "headers-of-two-sizes": (True, 2),
+                                               "some-fortran": (False, 1)}[mix])  # fmt: skip
+    shardfeed.convert(src, tmp_path / "out", format=backend, chunk_rows=2)
+    assert len(shardfeed.open_store(tmp_path / "out").manifest.shards) == 1
+    assert_roundtrip(tmp_path / "out", src)

@@ -16,9 +16,8 @@ import io
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -35,21 +34,21 @@ CHECKED_HEADS_SIZE = 64
 _checked_heads: set[tuple] = set()
 
 
-@dataclass(frozen=True)
-class SampleRef:
-    """Where a sample's bytes are: what reading needs of a `scan.Sample`."""
+class SampleRef(NamedTuple):
+    """Where a sample's bytes are: what reading needs of a `scan.Sample` (a named tuple, made per
+    sample in bulk: see `scan.Sample`)."""
 
     id: str
     path: str
     data_offset: int
     fortran_order: bool
     within: Within | None = None  # an `.npz` member or a row of a stacked `.npy`; None: the whole file
-    content: bytes | None = field(default=None, repr=False, compare=False)  # the file, as the scan read it
+    content: bytes | None = None  # the file, as the scan read it
 
     def without_content(self) -> SampleRef:
         """This sample, read from its file when needed (for a task sent elsewhere, which a copy of the
         bytes would make as big as the data)."""
-        return self if self.content is None else replace(self, content=None)
+        return self if self.content is None else self._replace(content=None)
 
     @property
     def is_row(self) -> bool:
@@ -64,11 +63,27 @@ def read_samples(
         for i, (ref, raw) in enumerate(zip(refs, fetch_samples(refs, dest[0].nbytes, storage_options))):
             _store(np.frombuffer(raw, dtype=source_dtype), dest[i, ...], ref.fortran_order)
         return
+    if _copy_contents(refs, dest, source_dtype):
+        return
     start = 0
     while start < len(refs):
         stop = _run_end(refs, start)
         _read_run(refs[start:stop], dest[start:stop], source_dtype)
         start = stop
+
+
+def _copy_contents(refs: Sequence[SampleRef], dest: np.ndarray, source_dtype: np.dtype) -> bool:
+    """Small files the scan read whole, all with the same header size and nothing to convert: their
+    bytes joined, then their data copied into `dest` in one strided copy (a copy per sample cost
+    4 us, a fifth of converting a 784-byte sample). False, having copied nothing, otherwise."""
+    if not refs or source_dtype != dest.dtype or not dest.flags.c_contiguous:
+        return False
+    offset, size = refs[0].data_offset, refs[0].data_offset + dest[0, ...].nbytes
+    if any(r.content is None or r.data_offset != offset or len(r.content) != size or r.fortran_order for r in refs):
+        return False
+    files = np.frombuffer(b"".join([r.content for r in refs]), dtype=np.uint8).reshape(len(refs), -1)
+    dest[: len(refs)].reshape(len(refs), -1).view(np.uint8)[...] = files[:, offset:]
+    return True
 
 
 def _read_run(refs: Sequence[SampleRef], dest: np.ndarray, source_dtype: np.dtype) -> None:
