@@ -23,13 +23,16 @@ from .local import LocalFinder
 
 def is_class_folders(root: Path) -> bool:
     """Whether a local SRC folder holds a folder per class: no `.npy` file of its own, some folder."""
+    has_folder = False
     try:
-        entries = list(os.scandir(root))
+        with os.scandir(root) as entries:
+            for e in entries:  # stops at the first .npy: a flat SRC of 100,000 files is not listed whole
+                if e.name.endswith(".npy"):
+                    return False
+                has_folder = has_folder or (not e.name.startswith(".") and e.is_dir())
     except OSError:
         return False
-    if any(e.name.endswith(".npy") for e in entries):
-        return False
-    return any(not e.name.startswith(".") and e.is_dir() for e in entries)
+    return has_folder
 
 
 class ClassFolderFinder(LocalFinder):

@@ -38,8 +38,7 @@ def encode_labels(labels: Mapping[str, Label] | None, ids: Iterable[str]) -> Enc
         shown = ", ".join(repr(i) for i in missing[:5])
         raise InputError(f"labels: {len(missing)} ID(s) have no label, e.g. {shown}")
     values = {i: labels[i] for i in ids}
-    kinds = {i: _kind_of(v) for i, v in values.items()}
-    distinct = set(kinds.values())
+    distinct = {_kind_of(t) for t in set(map(type, values.values()))}  # the types in C, then each once
     if distinct == {int}:
         numbers, num_classes = _class_numbers(values)
         return EncodedLabels(CLASS, numbers, None, num_classes)
@@ -52,7 +51,8 @@ def encode_labels(labels: Mapping[str, Label] | None, ids: Iterable[str]) -> Enc
     if distinct == {list}:
         return _label_sets(values)
     first = ids[0]
-    odd = next(i for i in ids if kinds[i] is not kinds[first] or kinds[i] is object)
+    kind = _kind_of(type(values[first]))
+    odd = next(i for i in ids if (k := _kind_of(type(values[i]))) is not kind or k is object)
     versus = "" if odd == first else f" but ID {first!r} has {values[first]!r}"
     raise InputError(
         f"labels: ID {odd!r} has label {values[odd]!r} ({type(values[odd]).__name__}){versus}; labels must all "
@@ -60,13 +60,14 @@ def encode_labels(labels: Mapping[str, Label] | None, ids: Iterable[str]) -> Enc
     )
 
 
-def _kind_of(value: Label) -> type:
-    return type(value) if type(value) in (int, float, str, list) else object
+def _kind_of(label_type: type) -> type:
+    return label_type if label_type in (int, float, str, list) else object
 
 
 def _class_numbers(values: Mapping[str, int]) -> tuple[dict[str, int], int]:
     """Class numbers, checked: none negative, none huge, no stray value making far more classes."""
-    for sample_id, v in values.items():
+    in_range = min(values.values()) >= 0 and max(values.values()) <= MAX_LABEL  # in C; which ID only if not
+    for sample_id, v in () if in_range else values.items():
         if v < 0:
             raise InputError(f"labels: ID {sample_id!r} has negative label {v}")
         if v > MAX_LABEL:

@@ -151,10 +151,10 @@ def _parse_header_bytes(head: bytes, version: tuple[int, int], where: str) -> tu
 
 def npy_header_end(head: bytes) -> int | None:
     """Where the data starts according to the first 12 bytes of a `.npy` file, if they say."""
-    if len(head) < 12 or head[:6] != NPY_MAGIC:
+    if len(head) < 12 or not head.startswith(NPY_MAGIC):
         return None
     if head[6] == 1:
-        return 10 + int.from_bytes(head[8:10], "little")
+        return 10 + (head[8] | head[9] << 8)  # what int.from_bytes(head[8:10], "little") says, at half its cost
     return 12 + int.from_bytes(head[8:12], "little")
 
 

@@ -149,17 +149,18 @@ def scan_sources(
     ordered = _ordered_ids(partition)
     if not ordered:
         raise InputError("partition lists no IDs")
+    row_ids = [i for i, _ in ordered]
     if isinstance(finder, ClassFolderFinder):  # every folder is a class, listed or not: numbers stay put
         encoded = EncodedLabels(CLASS, finder.labels, finder.class_names, len(finder.class_names))
     else:
-        encoded = encode_labels(labels, [i for i, _ in ordered])
-    _check_weighted(weights, [i for i, _ in ordered])
+        encoded = encode_labels(labels, row_ids)
+    _check_weighted(weights, row_ids)
     samples: list[Sample] = []
     shapes: list[tuple[int, ...]] = []
     first: tuple[str, Found] | None = None
     # Not for a URL: fsspec's asynchronous reads make reference cycles, which the collector must free.
     with contextlib.nullcontext() if isinstance(finder, RemoteFinder) else paused_gc():
-        for (sample_id, split), found in zip(ordered, finder.find([i for i, _ in ordered])):
+        for (sample_id, split), found in zip(ordered, finder.find(row_ids)):
             if isinstance(found, InputError):
                 raise found
             h = found.header
