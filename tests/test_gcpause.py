@@ -30,7 +30,6 @@ def test_the_collector_is_paused_inside_and_left_as_the_caller_had_it():
     assert gc.isenabled()
 
 
-
 def test_what_the_pause_made_lives_on_in_the_oldest_generation_and_cycles_are_still_freed():
     """The records made inside are not walked again by the next young collections, but a cycle made
     inside is garbage like any other for a full collection."""
