@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,17 @@ import pytest
 from shardfeed.bench.harness import (
     BATCH_COPY_NAME,
     COLUMNS,
+    DISK_BLOCK,
+    DISK_NAME,
+    DISK_STREAMS_NAME,
     MEMORY_NAME,
     CpuMonitor,
     MmapLimit,
     Result,
+    disk_read_rate,
     format_table,
     measure_readers,
+    read_blocks,
     write_limit_npy,
 )
 from shardfeed.cli import main
@@ -106,6 +113,30 @@ def test_limit_makes_the_same_batches_as_the_store(small_store, tmp_path):
         lx, ly = limit.batch(1, index)  # rows sorted within the batch
         np.testing.assert_array_equal(lx, x[order])
         np.testing.assert_array_equal(ly, y[order])
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3, 4])
+def test_disk_limit_streams_read_every_byte_once(tmp_path, streams):
+    """Blocks k, k + streams, ... go to stream k: whatever the count, the whole file and no more, the
+    last block short."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * (2 * DISK_BLOCK + DISK_BLOCK // 2))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read_blocks(fd, path.stat().st_size, streams, time.perf_counter() + 60) == path.stat().st_size
+        assert read_blocks(fd, path.stat().st_size, streams, time.perf_counter() - 1) == 0  # past its deadline
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="the cold limit drops pages with posix_fadvise")
+def test_disk_limits_are_named_by_how_they_read(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * (3 * DISK_BLOCK))
+    one, four = (disk_read_rate(path, 1024, seconds=30, streams=n) for n in (1, 4))
+    assert (one.name, one.note) == (DISK_NAME, "sequential, one file")
+    assert (four.name, four.note) == (DISK_STREAMS_NAME, "4 streams")
+    assert one.samples_per_s > 0 and four.samples_per_s > 0
 
 
 def test_cpu_monitor_reports_shares_between_zero_and_one():

@@ -5,7 +5,7 @@ work folder (reused by later runs), converted to HDF5 and Zarr with and without 
 then, in this order, conversion against a plain copy of the same bytes; readers in-process on a
 warm page cache (the tutorial generator, the memory-mapped limit, every store with global and
 block shuffle) beside the memory bandwidth; the same readers on a cold cache (when the page cache
-can be dropped) beside the disk's sequential read rate;
+can be dropped) beside the disk's read rate, in order and by several streams;
 `model.fit` of a trivial model from numpy arrays in memory, the tutorial generator and
 `DataGenerator` (in-process, threads, processes); and the RSS of a process iterating
 `DataGenerator` for two data-set sizes.
@@ -35,6 +35,7 @@ from ..writing.convert import convert
 from .harness import (
     COPY_BYTES,
     DECODE_NAME,
+    DISK_STREAMS,
     LIMIT_NAME,
     TUTORIAL_NAME,
     CpuMonitor,
@@ -248,8 +249,8 @@ def run_readers(p: Profile, factories: list, cold: bool, npy: Path, say: Say = q
         say(f"[{p.name}] {mode} {r.name}: {r.samples_per_s:,.0f} samples/s")
 
     if cold:
-        disk = disk_read_rate(npy, p.sample_nbytes, seconds=p.cold_seconds)
-        limits = [] if disk is None else [disk]
+        disks = [disk_read_rate(npy, p.sample_nbytes, seconds=p.cold_seconds, streams=n) for n in (1, DISK_STREAMS)]
+        limits = [disk for disk in disks if disk is not None]
     else:
         limits = [memory_bandwidth(p.sample_nbytes, nbytes=p.copy_bytes),
                   batch_copy_rate(p.sample_nbytes, p.batch_size * p.sample_nbytes, nbytes=p.copy_bytes)]  # fmt: skip

@@ -127,9 +127,11 @@ HOW = """## How these figures are made
   (the same 512 MB copied a batch at a time into one reused batch array: the least a reader must
   do, through the cache, which some CPUs do slower than one large copy); cold, the disk's
   *sequential read* of the limit's `.npy` in 8 MiB blocks right after `posix_fadvise(DONTNEED)`
-  dropped its pages (as `dd` reads). `x best limit` compares each reader with the best of its
-  section's limits (the mmap gather of its shuffle mode included): large samples should come
-  close to the memory bandwidth; small samples are bound by the cost per row, as the gather is.
+  dropped its pages (as `dd` reads), and the same read by 4 streams (threads reading every 4th
+  block each: a disk that serves several requests at once is faster so). `x best limit` compares
+  each reader with the best of its section's limits (the mmap gather of its shuffle mode
+  included): large samples should come close to the memory bandwidth; small samples are bound by
+  the cost per row, as the gather is.
 - Cold: the page cache is dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before each reader,
   which then reads for a fixed budget within its first epoch.
 - fit: a Flatten+Dense model, `verbose=0`; the median samples/s of epochs 2 and later (epoch 1
