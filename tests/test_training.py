@@ -35,18 +35,32 @@ def test_trains_to_real_accuracy_with_worker_processes(demo_store):
     # Chance is 1/6: the model learned the class patterns from the store's bytes.
 
 
-def recording(gen: DataGenerator) -> list[tuple[int, int]]:
-    """The (epoch, batch) of every batch the generator serves in order during an epoch."""
-    served, locate = [], gen.cursor.locate
+class Recording(keras.callbacks.Callback):
+    """The (epoch, batch) of every batch the generator serves in order once `fit` has begun training
+    (callbacks after `ResumeCallback`, which restores the position). JAX's and PyTorch's trainers
+    draw a batch to build the model before that: the first batch trained on is then a repeat of it
+    under the same index, or, after a restore, another batch."""
 
-    def recorded(index):
-        epoch, batch, in_order = located = locate(index)
-        if in_order:
-            served.append((epoch, batch))
-        return located
+    def __init__(self, gen: DataGenerator) -> None:
+        super().__init__()
+        self.served: list[tuple[int, int]] = []
+        self._before_fit: dict[int, tuple[int, int]] = {}
+        self._fitting = False
+        locate = gen.cursor.locate
 
-    gen.cursor.locate = recorded
-    return served
+        def recorded(index):
+            epoch, batch, in_order = located = locate(index)
+            if not self._fitting:
+                if in_order:
+                    self._before_fit[index] = (epoch, batch)
+            elif in_order or self._before_fit.pop(index, None) == (epoch, batch):
+                self.served.append((epoch, batch))
+            return located
+
+        gen.cursor.locate = recorded
+
+    def on_train_begin(self, logs=None):
+        self._fitting = True
 
 
 class InterruptAt(keras.callbacks.Callback):
@@ -70,13 +84,13 @@ def _fit(store, backup_dir, interrupt=None, epochs=3, earlier_epochs=0):
     model = small_conv3d(gen.store.sample_shape, gen.store.num_classes, keras.optimizers.SGD(0.01))
     if earlier_epochs:
         model.fit(gen, epochs=earlier_epochs, verbose=0, shuffle=False)
-    served = recording(gen)
-    callbacks = [ResumeCallback(backup_dir, gen, save_freq=1)]
+    record = Recording(gen)
+    callbacks = [ResumeCallback(backup_dir, gen, save_freq=1), record]
     if interrupt:
         callbacks.append(InterruptAt(*interrupt))
     with contextlib.suppress(KeyboardInterrupt):  # the simulated crash
         model.fit(gen, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
-    return served, model
+    return record.served, model
 
 
 def test_interrupted_fit_resumes_with_exactly_the_remaining_batches(demo_store, tmp_path):
