@@ -9,7 +9,6 @@ pickling drops them (h5py objects cannot be pickled; see RELIABILITY.md).
 from __future__ import annotations
 
 import bisect
-import itertools
 import operator
 import os
 import threading
@@ -361,17 +360,35 @@ class Store:
         else:
             shards = np.searchsorted(self._shard_starts, sorted_rows, side="right") - 1
             bounds = [0, *(np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist(), len(rows)]
+            local_rows = sorted_rows - self._shard_starts[shards]
+            segments = list(zip(shards[bounds[:-1]].tolist(), bounds[:-1], bounds[1:], strict=True))
+            if self._gather_segments(segments, local_rows, out, order):
+                return
             jobs = []  # compressed chunks of every shard decoded on the threads at once, not shard by shard
-            for a, b in itertools.pairwise(bounds):
-                shard = int(shards[a])
-                local = sorted_rows[a:b] - self._shard_starts[shard]
-                reader = self._reader(shard)
+            for shard, a, b in segments:
+                reader, local = self._reader(shard), local_rows[a:b]
                 decoding = reader.decode_jobs(local, out, order[a:b])
                 if decoding is None:
                     reader.read(local, out, order[a:b])
                 else:
                     jobs += decoding
             run_jobs(jobs, decode_pool())
+
+    def _gather_segments(self, segments: list, local_rows: np.ndarray, out: np.ndarray, order: np.ndarray) -> bool:
+        """Raw shards: each shard's rows (`local_rows[a:b]`, sorted) gathered into one array in that
+        order, then scattered into `out` at once. A scatter per shard had cost small samples 6 us a
+        shard (256 rows over 11 shards: 90 us a batch, now 69). False, having copied nothing, where
+        the readers cannot gather: a store's shards share one compression, so all can or none."""
+        gathered = np.empty_like(out)
+        for k, (shard, a, b) in enumerate(segments):
+            if not self._reader(shard).gather(local_rows[a:b], gathered[a:b]):
+                if k:
+                    raise StoreFormatError(f"{self.path}: shard {shard} cannot be read as the others are")
+                return False
+        if out.nbytes:
+            whole = np.dtype((np.void, out.nbytes // len(out)))  # a row copied whole, not value by value
+            out.reshape(len(out), -1).view(whole)[order, 0] = gathered.reshape(len(out), -1).view(whole)[:, 0]
+        return True
 
     def _check(self, rows: np.ndarray, out: np.ndarray) -> None:
         expected = self._index.checksums[rows]

@@ -232,7 +232,7 @@ class RawChunkReader(ShardReader):
             # One run (Zarr, HDF5 since issue #13): one gather straight into `out`, whatever the row
             # size (128 KiB rows: 1.13x a loop of row copies, AMD EPYC). "clip" is never used (rows
             # are checked by Store.read); "raise" would buffer `out`.
-            np.take(self._views[0], local_rows, axis=0, out=out, mode="clip")
+            self._views[0].take(local_rows, axis=0, out=out, mode="clip")  # the method: np.take adds 1 us
             return
         if len(self._views) == 1:  # one run of chunks: its rows lie back to back from its start
             starts = local_rows * self._sample_nbytes + int(self._offsets[0])
