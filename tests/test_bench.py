@@ -127,6 +127,12 @@ def test_disk_limit_streams_read_every_byte_once(tmp_path, streams):
         assert read_blocks(fd, path.stat().st_size, streams, time.perf_counter() - 1) == 0  # past its deadline
     finally:
         os.close(fd)
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(IsADirectoryError):  # a stream's error reaches the caller
+            read_blocks(folder, 2 * DISK_BLOCK, streams, time.perf_counter() + 60)
+    finally:
+        os.close(folder)
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="the cold limit drops pages with posix_fadvise")
