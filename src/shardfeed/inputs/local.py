@@ -18,19 +18,14 @@ SMALL_FILE_BYTES = 64 * 2**10
 KEPT_CONTENT_BYTES = 128 * 2**20
 
 
-def resolve_sample_path(src_root: Path, sample_id: str, folder: str | Path | None = None) -> str:
-    """Path of `<id>.npy` in `folder` (default: SRC itself), refusing IDs that are not plain names
-    (wherever they came from: a partition, or a store's index for `verify --source`), links that
-    leave SRC and anything that is not a regular file. A str, not a Path: a scan of 100,000 small
-    files spent a fifth of its time building Paths.
-
-    `LocalFinder.find` calls this only for files its directory listing did not find regular (by the
-    entries' types): those need no `lstat` (8 us per file here), and the open that follows refuses
-    links and anything not regular that replaced them since, as it does after an `lstat`.
+def resolve_unlisted(src_root: Path, sample_id: str, folder: str | Path, path: str) -> str:
+    """`path` (`<id>.npy` in `folder`, for an ID `LocalFinder.find` has checked) as the file to open,
+    for a file the directory listing did not find regular by its entry's type: a link must stay
+    inside SRC, and anything else must be a regular file. Listed files need no `lstat` (8 us a file
+    here): the open that follows refuses links and anything not regular that replaced them since, as
+    it does after an `lstat`. A str, not a Path: a scan of 100,000 small files spent a fifth of its
+    time building Paths.
     """
-    check_id(sample_id, str(src_root))
-    folder = folder or src_root
-    path = f"{folder}{os.sep}{sample_id}.npy"
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -75,11 +70,11 @@ class LocalFinder:
         listed, inodes, sep = self._listed_files, self._inodes, os.sep  # a scan's loop: ~8 us a small file
         for sample_id in ids:
             try:
-                check_id(sample_id, self._root_name)
+                check_id(sample_id, self._root_name)  # a partition's IDs, or a store's for `verify --source`
                 folder = self._folder_of(sample_id)
                 path = f"{folder}{sep}{sample_id}.npy"  # os.path.join of a checked ID, at a third of its cost
                 if path not in listed:
-                    path = resolve_sample_path(self.root, sample_id, folder)
+                    path = resolve_unlisted(self.root, sample_id, folder, path)
                 budget = self._content_budget
                 header, info, content = read_npy_header_and_stat(path, sample_id, SMALL_FILE_BYTES if budget >=
                                                                  SMALL_FILE_BYTES else budget)  # fmt: skip
