@@ -114,7 +114,7 @@ def _open_regular_fd(path: Path | str, sample_id: str | None, where: str | None 
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise InputError(f"{where or _where(path, sample_id)}: not a regular file")
+        raise InputError(f"{where or _where(path, sample_id)} is not a regular file")
     return fd, info
 
 
