@@ -27,7 +27,10 @@ from crashkit import (
 )
 
 import shardfeed
+from shardfeed.inputs.finder import Within
+from shardfeed.inputs.scan import Sample
 from shardfeed.storage.format import LOCK_NAME, MANIFEST_NAME, WORK_DIR
+from shardfeed.writing.plan import input_text
 from shardfeed.writing.workdir import StoreLock
 
 pytestmark = pytest.mark.timeout(300)
@@ -293,3 +296,15 @@ def test_lock_is_released_by_a_killed_converter(inputs, reference, tmp_path):
     convert_api(inputs, out, options(backend), resume=True)
     assert not (out / LOCK_NAME).exists()
     assert_same_store(out, ref)
+
+
+@pytest.mark.parametrize("label", [3, -1, 0.25, 1e-300, float("nan"), (0, 2), None, True])
+@pytest.mark.parametrize("sample_id", ["id-7", "ünïcode id", "quote'and\"both"])
+def test_an_input_s_digest_text_is_the_ascii_of_its_entry(sample_id, label):
+    """The text spelled out for a whole local file is what `ascii()` of the entry list gives, so plans
+    written before it was spelled out still resume (their digests match)."""
+    whole = Sample(sample_id, f"/data/é/{sample_id}.npy", "train", label, False, 128, (784, 1_700_000_000_123_456_789))
+    assert input_text(whole) == ascii([sample_id, "train", label, whole.path, 784, 1_700_000_000_123_456_789])
+    in_npz = whole._replace(within=Within("x", None), weight=0.5)
+    assert input_text(in_npz) == ascii([sample_id, "train", label, whole.path, 784, 1_700_000_000_123_456_789,
+                                        "x", None, 0.5])  # fmt: skip

@@ -14,7 +14,7 @@ from ..errors import OptionError
 from ..gcpause import paused_gc
 from ..inputs.finder import Within
 from ..inputs.samples import SampleRef
-from ..inputs.scan import SourceSet
+from ..inputs.scan import Sample, SourceSet
 from ..storage.backends import Layout
 from .shardtask import ShardTask
 from .workdir import DIGESTS_OF, input_digests
@@ -91,8 +91,6 @@ def plan_record(sources: SourceSet, layout: Layout, format: str, targets: str | 
     """Everything that determines the output: a resume must match it exactly. A sample in a file
     holding several also has its place in it (an `--ids` file reordered names other rows). The target
     arrays' own plan covers their files; this one names where they come from, if they do."""
-    inputs = [[s.id, s.split, s.label, str(s.path), *s.stamp, *_place(s.within), *_weight(s.weight)]
-              for s in sources.samples]  # fmt: skip
     return {
         "format": format,
         "num_samples": layout.num_samples,
@@ -104,10 +102,19 @@ def plan_record(sources: SourceSet, layout: Layout, format: str, targets: str | 
            else {}),
         "compression": layout.compression,
         "class_names": sources.class_names,
-        "input_digests": input_digests(inputs),
+        "input_digests": input_digests([input_text(s) for s in sources.samples]),
         "digests_of": DIGESTS_OF,
         **({} if targets is None else {"targets": targets}),
     }
+
+
+def input_text(s: Sample) -> str:
+    """What an input's digest covers: `ascii()` of [id, split, label, path, *stamp, *place, *weight],
+    spelled out for a whole local file without a weight (the same text at 0.6 of the cost: a list
+    built per sample and its `ascii()` took 0.27 s of a 3 s conversion of 100,000 small files)."""
+    if s.within is None and s.weight is None and len(s.stamp) == 2:
+        return f"[{s.id!a}, {s.split!a}, {s.label!a}, {str(s.path)!a}, {s.stamp[0]!a}, {s.stamp[1]!a}]"
+    return ascii([s.id, s.split, s.label, str(s.path), *s.stamp, *_place(s.within), *_weight(s.weight)])
 
 
 def _weight(weight: float | None) -> list[float]:

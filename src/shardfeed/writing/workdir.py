@@ -190,9 +190,10 @@ def _shard_matches(
 DIGESTS_OF = "ascii"
 
 
-def input_digests(inputs: list) -> str:
-    """One CRC32 per input (base64 of little-endian uint32s): which inputs changed, compactly."""
-    digests = np.array([checksum(ascii(item).encode()) for item in inputs], dtype="<u4")
+def input_digests(texts: list[str]) -> str:
+    """One CRC32 per input's text (`plan.input_text`), as base64 of little-endian uint32s: which inputs
+    changed, compactly."""
+    digests = np.fromiter((checksum(text.encode()) for text in texts), dtype="<u4", count=len(texts))
     return base64.b64encode(digests.tobytes()).decode("ascii")
 
 
