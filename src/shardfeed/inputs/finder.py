@@ -3,13 +3,23 @@ class (`classfolders.py`), one stacked `.npy` (`stacked.py`), one `.npz` (`npz.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from ..errors import InputError
 from .npy import NpyHeader
+
+Record = TypeVar("Record", bound=tuple)
+
+
+def record_maker(record: type[Record]) -> Callable[[tuple], Record]:
+    """A maker of `record` (a named tuple) from one tuple of all its fields, at 0.6 of the cost of
+    calling the class (0.37 against 0.6 us): a named tuple's `__new__` is Python code, and a scan of
+    small files makes three records a sample (`Found`, `scan.Sample`, `samples.SampleRef`)."""
+    return functools.partial(tuple.__new__, record)
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,9 @@ class Found(NamedTuple):
     stamp: tuple
     within: Within | None = None
     content: bytes | None = None
+
+
+new_found = record_maker(Found)
 
 
 class SampleFinder(Protocol):

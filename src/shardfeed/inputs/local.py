@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from .finder import Found
+from .finder import Found, new_found
 from .ids import check_id
 from .npy import read_npy_header_and_stat
 
@@ -86,7 +86,7 @@ class LocalFinder:
                 continue
             if content is not None:
                 self._content_budget = budget - len(content)
-            yield Found(path, header, (info.st_size, info.st_mtime_ns), None, content)
+            yield new_found((path, header, (info.st_size, info.st_mtime_ns), None, content))
 
     def _folder_of(self, sample_id: str) -> str | Path:
         """The folder holding `<id>.npy`: SRC itself here, the sample's class folder in `ClassFolderFinder`."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..urls import is_url
-from .finder import Within
+from .finder import Within, record_maker
 from .npy import NpyHeader, parse_npy_header
 from .npz import open_member
 from .remote import fetch_samples
@@ -53,6 +53,9 @@ class SampleRef(NamedTuple):
     @property
     def is_row(self) -> bool:
         return self.within is not None and self.within.index is not None
+
+
+new_ref = record_maker(SampleRef)
 
 
 def read_samples(

@@ -22,7 +22,7 @@ from ..gcpause import paused_gc
 from ..urls import is_url, local_root
 from .classfolders import ClassFolderFinder, is_class_folders
 from .encoding import CLASS, EncodedLabels, encode_labels
-from .finder import Found, SampleFinder, Within
+from .finder import Found, SampleFinder, Within, record_maker
 from .ids import check_id, check_name
 from .labels import Label
 from .local import LocalFinder
@@ -49,6 +49,9 @@ class Sample(NamedTuple):
     within: Within | None = None  # for a file holding several samples: which one
     weight: float | None = None  # its sample weight, when the store has weights
     content: bytes | None = None  # a small file, as validated
+
+
+new_sample = record_maker(Sample)
 
 
 @dataclass(frozen=True)
@@ -171,8 +174,8 @@ def scan_sources(
             shapes.append(h.shape)
             label = None if encoded is None else encoded.values[sample_id]
             weight = None if weights is None else weights[sample_id]
-            samples.append(Sample(sample_id, found.path, split, label, h.fortran_order, h.data_offset,
-                                  found.stamp, found.within, weight, found.content))  # fmt: skip
+            samples.append(new_sample((sample_id, found.path, split, label, h.fortran_order, h.data_offset,
+                                       found.stamp, found.within, weight, found.content)))  # fmt: skip
     splits = dict.fromkeys(partition, 0)  # an empty split stays, with 0 samples: nothing dropped in silence
     for s in samples:
         splits[s.split] = splits.get(s.split, 0) + 1

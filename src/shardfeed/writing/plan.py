@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import OptionError
 from ..gcpause import paused_gc
 from ..inputs.finder import Within
-from ..inputs.samples import SampleRef
+from ..inputs.samples import new_ref
 from ..inputs.scan import Sample, SourceSet
 from ..storage.backends import Layout
 from .shardtask import ShardTask
@@ -134,8 +134,7 @@ def make_tasks(
 ) -> list[ShardTask]:
     """One task per shard of `sources`' samples, in cells `first_shard` onwards (an append's are after
     the store's last shard)."""
-    refs = [SampleRef(s.id, str(s.path), s.data_offset, s.fortran_order, s.within, s.content)
-            for s in sources.samples]  # fmt: skip
+    refs = [new_ref((s.id, str(s.path), s.data_offset, s.fortran_order, s.within, s.content)) for s in sources.samples]
     return [
         ShardTask(format, str(root), layout, first_shard + k, sources.dtype.str,
                   tuple(refs[first : first + layout.shard_rows]), storage_options,
