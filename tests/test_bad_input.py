@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import shardfeed
 from shardfeed.cli import main
 from shardfeed.errors import InputError
-from shardfeed.inputs.ids import check_id
+from shardfeed.inputs.ids import all_plain, check_id
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -259,8 +259,9 @@ def test_convert_refuses_unsafe_id(tmp_path, make_npy_dir, case):
 
 
 def test_every_ascii_id_is_judged_by_the_same_rules_on_the_fast_path():
-    """Plain ASCII IDs pass one pattern match; every one- and two-character ASCII ID, and IDs either
-    side of 200 bytes, get exactly the verdict of the rules above."""
+    """Plain ASCII IDs pass one pattern match, and lists of them one match over all (`all_plain`);
+    every one- and two-character ASCII ID, and IDs either side of 200 bytes, get exactly the verdict
+    of the rules above, alone and among plain IDs."""
 
     def allowed(sample_id: str) -> bool:
         return (0 < len(sample_id) <= 200 and not sample_id.startswith(".")
@@ -274,6 +275,8 @@ def test_every_ascii_id_is_judged_by_the_same_rules_on_the_fast_path():
         except InputError:
             verdict = False
         assert verdict == allowed(sample_id), repr(sample_id)
+        assert all_plain(["id-0", sample_id, "id-1"]) == verdict == all_plain([sample_id]), repr(sample_id)
+    assert all_plain(["id-0", "id-1"]) and not all_plain([]) and not all_plain(["id-0", 17])
 
 
 def test_convert_refuses_unsafe_id_from_json_file(tmp_path, make_npy_dir):

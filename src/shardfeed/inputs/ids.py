@@ -13,6 +13,17 @@ from ..errors import InputError
 # checks below cost 2.5 us an ID (a partition of 100,000 IDs is checked as it is read, and by the scan).
 # The first character is one of space to '~' but '.', '/' and '\'; up to 199 more may also be '.'.
 _PLAIN_ASCII_ID = re.compile(r"[ -\-0-\[\]-~][ -.0-\[\]-~]{0,199}")
+_PLAIN_ASCII_IDS = re.compile(rf"(?:{_PLAIN_ASCII_ID.pattern}\n)*{_PLAIN_ASCII_ID.pattern}")  # lines of them
+
+
+def all_plain(ids: Sequence[object]) -> bool:
+    """Whether every ID is of the common kind `check_id` passes at once, found by one match over them
+    all (0.1 us an ID, where a call of `check_id` costs 0.4): then none needs checking one by one."""
+    try:
+        lines = "\n".join(ids)  # type: ignore[arg-type]  # refused below unless all are strings
+    except TypeError:
+        return False
+    return lines.count("\n") == len(ids) - 1 and _PLAIN_ASCII_IDS.fullmatch(lines) is not None  # no "\n" in one
 
 
 def check_id(sample_id: object, where: str) -> str:

@@ -23,7 +23,7 @@ from ..urls import is_url, local_root
 from .classfolders import ClassFolderFinder, is_class_folders
 from .encoding import CLASS, EncodedLabels, encode_labels
 from .finder import Found, SampleFinder, Within, record_maker
-from .ids import check_id, check_name
+from .ids import all_plain, check_id, check_name
 from .labels import Label
 from .local import LocalFinder
 from .npz import NpzFinder
@@ -237,9 +237,10 @@ def _ordered_ids(partition: Mapping[str, Sequence[str]]) -> list[tuple[str, str]
         if not isinstance(split, str) or not split:
             raise InputError(f"partition: split name {split!r} must be a non-empty string")
         check_name(split, "partition: split name")
-        listed_in = f"partition[{split!r}]"
+        listed_in, plain = f"partition[{split!r}]", all_plain(ids)
         for sample_id in ids:
-            check_id(sample_id, listed_in)
+            if not plain:
+                check_id(sample_id, listed_in)
             if sample_id in seen:
                 where = "twice in" if seen[sample_id] == split else f"in both {seen[sample_id]!r} and"
                 raise InputError(f"partition: ID {sample_id!r} is listed {where} split {split!r}")
