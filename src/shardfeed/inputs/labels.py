@@ -31,7 +31,8 @@ def read_labels(path: str | os.PathLike, storage_options: dict | None = None) ->
     spells another number (`0.25`, `"1e-3"`) a regression target, any other string a class name
     (class names are then numbered in sorted order); a JSON list of classes is a label set.
     """
-    return {k: _label_value(v) for k, v in _read_pairs(path, "labels", "label", storage_options).items()}
+    pairs = _read_pairs(path, "labels", "label", storage_options)
+    return {k: v if type(v) is int else _label_value(v) for k, v in pairs.items()}  # most are ints: as they are
 
 
 def read_weights(path: str | os.PathLike, storage_options: dict | None = None) -> dict[str, float]:

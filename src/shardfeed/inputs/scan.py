@@ -161,6 +161,7 @@ def scan_sources(
     samples: list[Sample] = []
     shapes: list[tuple[int, ...]] = []
     first: tuple[str, Found] | None = None
+    one_header = True  # every sample's header the first's: one shape, no array of shapes to build
     # Not for a URL: fsspec's asynchronous reads make reference cycles, which the collector must free.
     with contextlib.nullcontext() if isinstance(finder, RemoteFinder) else paused_gc():
         for (sample_id, split), found in zip(ordered, finder.find(row_ids)):
@@ -171,17 +172,16 @@ def scan_sources(
                 first = (sample_id, found)
             elif h is not first[1].header:  # the same header bytes give the same object (`npy`)
                 _check_same_kind(first, sample_id, found)
+                one_header = False
             shapes.append(h.shape)
             label = None if encoded is None else encoded.values[sample_id]
             weight = None if weights is None else weights[sample_id]
             samples.append(new_sample((sample_id, found.path, split, label, h.fortran_order, h.data_offset,
                                        found.stamp, found.within, weight, found.content)))  # fmt: skip
-    splits = dict.fromkeys(partition, 0)  # an empty split stays, with 0 samples: nothing dropped in silence
-    for s in samples:
-        splits[s.split] = splits.get(s.split, 0) + 1
-    listed = {s.id for s in samples}
+    # Every listed ID is a sample now; an empty split stays, with 0 samples: nothing dropped in silence.
+    splits = {split: len(ids) for split, ids in partition.items()}
     first_header = first[1].header  # type: ignore[index]  # ordered is non-empty
-    sample_shape, varying = _shape_of(shapes)
+    sample_shape, varying = (first_header.shape, None) if one_header else _shape_of(shapes)
     return SourceSet(
         samples=tuple(samples),
         sample_shape=sample_shape,
@@ -189,7 +189,7 @@ def scan_sources(
         splits=splits,
         class_names=None if encoded is None else encoded.class_names,
         num_classes=None if encoded is None else encoded.num_classes,
-        unlisted_files=sum(1 for n in npy_names if n not in listed),
+        unlisted_files=len(set(npy_names).difference(row_ids)),
         shapes=varying,
         label_kind=CLASS if encoded is None else encoded.kind,
     )
