@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -181,6 +182,23 @@ def test_convert_refuses_bad_file(tmp_path, make_npy_dir, backend, case):
     if case not in ("same-file-twice", "symlink-to-fifo-inside"):  # these name the link's target
         assert f"{BAD_ID}.npy" in message
     assert not (tmp_path / "canary").exists(), "the pickle ran code"
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_among_the_samples_is_refused_without_being_opened(tmp_path, make_npy_dir):
+    """Opening a FIFO (or a device) acts on it: a writer waiting on this one would be let go."""
+    src, labels, partition, _ = make_npy_dir(n=6, shape=(4, 3), dtype="float32")
+    fifo = src / f"{BAD_ID}.npy"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    opened = threading.Event()
+    writer = threading.Thread(target=lambda: (os.close(os.open(fifo, os.O_WRONLY)), opened.set()), daemon=True)
+    writer.start()  # blocks in open() until a reader opens the FIFO
+    assert_refused(src, tmp_path / "out", match="is not a regular file", mentions=[f"'{BAD_ID}'"], labels=labels,
+                   partition=partition)  # fmt: skip
+    assert not opened.wait(0.5), "the conversion opened the FIFO"
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+    writer.join(10)
 
 
 def test_pickle_payload_is_live(tmp_path):
@@ -584,3 +602,12 @@ def test_corpus_leaves_no_temporary_files(tmp_path, make_npy_dir):
     with pytest.raises(shardfeed.InputError):
         shardfeed.convert(src, tmp_path / "nested" / "out", labels=labels, partition=partition)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_partition_s_ids_may_be_a_generator_or_an_array(tmp_path, make_npy_dir):
+    src, _, _, arrays = make_npy_dir(n=5, num_classes=None)
+    ids = list(arrays)
+    manifest = shardfeed.convert(src, tmp_path / "out", partition={"train": (i for i in ids[:3]),
+                                                                    "validation": np.array(ids[3:])})  # fmt: skip
+    assert manifest.splits == {"train": 3, "validation": 2}
+    assert shardfeed.open_store(tmp_path / "out").ids == ids

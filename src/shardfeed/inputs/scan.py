@@ -149,6 +149,8 @@ def scan_sources(
         partition = {DEFAULT_SPLIT: [n for n in npy_names if not n.startswith(".")]}
         if not partition[DEFAULT_SPLIT]:
             raise InputError(f"{src}: SRC holds no .npy files")
+    # A split's IDs are counted and matched at once, then walked: an iterator is read into a list once.
+    partition = {split: ids if isinstance(ids, Sequence) else list(ids) for split, ids in partition.items()}
     ordered = _ordered_ids(partition)
     if not ordered:
         raise InputError("partition lists no IDs")
