@@ -68,7 +68,7 @@ class LocalFinder:
         return sorted(entry.name[:-4] for entry in found)
 
     def find(self, ids: Sequence[str]) -> Iterator[Found | InputError]:
-        listed, inodes, sep = self._listed_files, self._inodes, os.sep  # a scan's loop: ~5 us a small file
+        listed, inodes, sep = self._listed_files, self._inodes, os.sep  # ~4 us a file beside its system calls
         plain = all_plain(ids)  # a partition's IDs, or a store's for `verify --source`: checked again here
         for sample_id in ids:
             try:
