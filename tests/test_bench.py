@@ -192,6 +192,27 @@ def test_cpu_monitor_sums_its_spans():
     assert cpu.own_s > once.own_s and 0.0 <= cpu.other <= 1.0
 
 
+@pytest.mark.parametrize(("seconds", "rounds"), [(60.0, 3), (0.01, 1)])
+def test_a_conversion_figure_is_the_median_of_rounds_each_after_its_output_is_deleted(tmp_path, seconds, rounds):
+    from shardfeed.bench.profiles import _timed_conversion, make_profiles
+
+    profile = make_profiles("small", quick=True, seconds=seconds)[0]
+    out, calls = tmp_path / "out", []
+
+    def work() -> None:
+        calls.append(("work", out.exists()))
+        out.write_bytes(b"x")
+        time.sleep(0.05)  # longer than 3 x 0.01 s: one round only
+
+    def reset() -> None:
+        calls.append(("reset", out.exists()))
+        out.unlink(missing_ok=True)
+
+    result = _timed_conversion("a conversion", 1000, profile, work, reset)
+    assert calls == [("reset", False), ("work", False)] + [("reset", True), ("work", False)] * (rounds - 1)
+    assert len(result.rounds) == rounds and result.samples_per_s == sorted(result.rounds)[(rounds - 1) // 2]
+
+
 def test_format_table_marks_noisy_rows_and_markdown_has_one_row_per_result():
     quiet = Result("readers", "a", 10.0, 1.0, other_cpu=0.01, vs_limit=1.0)
     noisy = Result("readers", "b", 5.0, 0.5, other_cpu=0.5, vs_limit=0.5)

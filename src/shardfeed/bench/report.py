@@ -138,7 +138,9 @@ HOW = """## How these figures are made
   traces the model). `x limit` compares with `fit` on the same samples held in memory as numpy
   arrays; `x tutorial` with the tutorial generator's best configuration.
 - Conversion: `shardfeed.convert(..., workers=2)` from a warm page cache, shards fsynced, next to
-  appending every source file to one file and fsyncing it.
+  appending every source file to one file and fsyncing it; each the median of up to 3 runs in one
+  process (fewer once 3x `--seconds` have passed), so a process's first conversion, which also
+  imports its backend, counts once.
 - Memory: a fresh process iterates `DataGenerator` (in-process, one batch in flight) over one
   epoch; *private* memory is RssAnon. The shard files it maps count as file-backed RSS: page cache
   the kernel reclaims under pressure, which grows with the data read.
