@@ -213,6 +213,30 @@ def test_a_conversion_figure_is_the_median_of_rounds_each_after_its_output_is_de
     assert len(result.rounds) == rounds and result.samples_per_s == sorted(result.rounds)[(rounds - 1) // 2]
 
 
+def test_cold_figures_are_taken_in_turns_each_round_and_merged_as_their_median():
+    from shardfeed.bench.harness import measure_cold_in_turns
+
+    order: list[str] = []
+    rates = {"disk": iter([300.0, 100.0, 200.0]), "reader": iter([5.0, 7.0, 6.0])}
+
+    def figure(name: str, other_cpu: float):
+        def take() -> Result:
+            order.append(name)
+            return Result("readers, cold", name, next(rates[name]), 0.0, cpu_us_per_sample=1.0, other_cpu=other_cpu)
+        return take
+
+    def not_permitted() -> None:
+        order.append("none")
+
+    seen: list[Result] = []
+    disk, reader, none = measure_cold_in_turns(
+        [figure("disk", 0.0), figure("reader", 0.2), not_permitted], 1000, rounds=3, on_result=seen.append
+    )
+    assert order == ["disk", "reader", "none"] * 3 and len(seen) == 6 and none is None
+    assert (disk.samples_per_s, disk.rounds, disk.mb_per_s, disk.noisy) == (200.0, [300.0, 100.0, 200.0], 0.2, False)
+    assert (reader.samples_per_s, reader.cpu_us_per_sample, reader.noisy) == (6.0, 1.0, True)
+
+
 def test_format_table_marks_noisy_rows_and_markdown_has_one_row_per_result():
     quiet = Result("readers", "a", 10.0, 1.0, other_cpu=0.01, vs_limit=1.0)
     noisy = Result("readers", "b", 5.0, 0.5, other_cpu=0.5, vs_limit=0.5)

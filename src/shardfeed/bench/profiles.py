@@ -49,6 +49,8 @@ from .harness import (
     disk_read_rate,
     drop_page_cache,
     format_table,
+    measure_cold,
+    measure_cold_in_turns,
     measure_readers,
     memory_bandwidth,
     result_from_rates,
@@ -256,30 +258,30 @@ def reader_factories(
 
 
 def run_readers(p: Profile, factories: list, cold: bool, npy: Path, say: Say = quiet) -> list[Result]:
-    """Every reader warm (median of rounds) or cold (first seconds after dropping the cache), after
-    the machine's limits: warm the memory bandwidth and a batch-by-batch copy, cold the disk reading
-    `npy` (the limit's data) in order."""
+    """Every reader warm (median of rounds, in turns) or cold (first seconds after dropping the cache,
+    median of rounds, in turns with the limits), beside the machine's limits: warm the memory bandwidth
+    and a batch-by-batch copy, cold the disk reading `npy` (the limit's data) in order."""
     mode = "cold" if cold else "warm"
 
     def progress(r: Result) -> None:
         say(f"[{p.name}] {mode} {r.name}: {r.samples_per_s:,.0f} samples/s")
 
+    readers = [(name, make) for name, _, make in factories]
     if cold:
-        disks = [disk_read_rate(npy, p.sample_nbytes, seconds=p.cold_seconds, streams=n) for n in (1, DISK_STREAMS)]
-        limits = [disk for disk in disks if disk is not None]
+        seconds, section = p.cold_seconds, "readers, cold"
+        disks = [functools.partial(disk_read_rate, npy, p.sample_nbytes, seconds=seconds, streams=n, section=section)
+                 for n in (1, DISK_STREAMS)]  # fmt: skip
+        figures = disks + [functools.partial(measure_cold, name, make, p.sample_nbytes, seconds=seconds,
+                                             section=section) for name, make in readers]  # fmt: skip
+        measured = measure_cold_in_turns(figures, p.sample_nbytes, on_result=progress)
+        limits = [disk for disk in measured[: len(disks)] if disk is not None]
+        results = [result for result in measured[len(disks) :] if result is not None]
     else:
         limits = [memory_bandwidth(p.sample_nbytes, nbytes=p.copy_bytes),
                   batch_copy_rate(p.sample_nbytes, p.batch_size * p.sample_nbytes, nbytes=p.copy_bytes)]  # fmt: skip
-    for limit in limits:
-        progress(limit)
-    results = measure_readers(
-        [(name, make) for name, _, make in factories],
-        p.sample_nbytes,
-        seconds=p.cold_seconds if cold else p.seconds,
-        cold=cold,
-        section="readers, cold" if cold else None,
-        on_result=progress,
-    )
+        for limit in limits:
+            progress(limit)
+        results = measure_readers(readers, p.sample_nbytes, seconds=p.seconds, on_result=progress)
     by_name = {r.name: r for r in results}
     shuffles = [shuffle for _, shuffle, _ in factories]
     for result, shuffle in zip(limits + results, ["global"] * len(limits) + shuffles, strict=True):

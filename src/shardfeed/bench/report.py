@@ -133,7 +133,9 @@ HOW = """## How these figures are made
   included): large samples should come close to the memory bandwidth; small samples are bound by
   the cost per row, as the gather is.
 - Cold: the page cache is dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before each reader,
-  which then reads for a fixed budget within its first epoch.
+  which then reads for a fixed budget within its first epoch. Each cold figure, the disk's limits
+  included, is the median of 3 rounds, every figure taken once a round in turn: a disk whose rate
+  drifts is then compared within the same minutes.
 - fit: a Flatten+Dense model, `verbose=0`; the median samples/s of epochs 2 and later (epoch 1
   traces the model). `x limit` compares with `fit` on the same samples held in memory as numpy
   arrays; `x tutorial` with the tutorial generator's best configuration.
